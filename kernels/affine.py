@@ -1,0 +1,144 @@
+"""Affine-plus-noise updates, fused: mean = a x + b s (- f), x1 = mean + c z.
+
+Per-sample coefficients a, b, c turn one kernel into the stochastic predictors of score-based
+samplers (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Sec. 4 and App. E):
+
+* Ancestral sampling of DDPM (VP, beta_i the discrete noise schedule):
+  ``x_mean = (x + beta_i s) / sqrt(1 - beta_i)``, ``x = x_mean + sqrt(beta_i) z``, i.e.
+  ``a = 1 / sqrt(1 - beta_i)``, ``b = beta_i / sqrt(1 - beta_i)``, ``c = sqrt(beta_i)``.
+* Ancestral sampling of NCSN (VE, noise levels sigma_i > sigma_{i-1}):
+  ``x_mean = x + (sigma_i^2 - sigma_{i-1}^2) s``, ``c = sqrt(sigma_{i-1}^2 (sigma_i^2 -
+  sigma_{i-1}^2) / sigma_i^2)``, i.e. ``a = 1``.
+* Reverse diffusion with a drift linear in x, f(x) = f_i x: ``a = 1 - f_i``, ``b = g_i^2``, ``c = g_i``.
+* The Langevin corrector (:mod:`sdesolve.kernels.langevin`): ``a = 1``, ``b = eps``, ``c = sqrt(2 eps)``.
+* Deterministic updates (DDIM, the probability-flow step of any of these): ``c = None``.
+
+:func:`reverse_diffusion_step` is the general reverse-diffusion predictor for any discretised
+drift tensor f (score_sde's ``ReverseDiffusionPredictor``): ``x_mean = x + g^2 s - f``,
+``x = x_mean + g z``, with f and g the discretisation of the forward SDE over the step
+(``f = drift * dt`` of the forward process, ``g = diffusion * sqrt(dt)``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import check_draw, check_like, check_noise, column, compute_dtype, noise_ref, per_sample, tile_geometry
+from .dispatch import load_kernels, use_triton
+
+__all__ = ["affine_noise_step", "affine_noise_step_ref", "reverse_diffusion_step", "reverse_diffusion_step_ref"]
+
+
+def _check(where, x, s, f, c, noise, z, draw):
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"{where}: x must be a tensor of shape (B, ...)")
+    compute_dtype(x.dtype, where)
+    check_like(s, x, "score", where)
+    if f is not None:
+        check_like(f, x, "f", where)
+    check_noise(noise, z, x, where, required=c is not None)
+    return check_draw(draw, where)
+
+
+def _ref(where, x, a, s, b, f, c, noise, draw, z, return_mean):
+    """mean = a x + b s (- f) ; out = mean + c z, in the compute dtype."""
+    ct = compute_dtype(x.dtype, where)
+    mean = column(a, x, ct, "a", where) * x.to(ct) + column(b, x, ct, "b", where) * s.to(ct)
+    if f is not None:
+        mean = mean - f.to(ct)
+    if c is None:
+        out = mean.to(x.dtype)
+        return (out, out) if return_mean else out
+    out = (mean + column(c, x, ct, "c", where) * noise_ref(noise, draw, z, x, ct)).to(x.dtype)
+    return (out, mean.to(x.dtype)) if return_mean else out
+
+
+def _triton(where, x, a, s, b, f, c, noise, draw, z, return_mean):
+    tk = load_kernels()
+    B, N = x.shape[0], x[0].numel()
+    x_c, s_c = x.contiguous(), s.contiguous()
+    f_c = f.contiguous() if f is not None else x_c
+    out = torch.empty_like(x_c)
+    store_mean = return_mean and c is not None
+    mean = torch.empty_like(x_c) if store_mean else out
+    a_t, a_stride = per_sample(a, B, x.device, "a", where)
+    b_t, b_stride = per_sample(b, B, x.device, "b", where)
+    if c is None:
+        kind, c_t, c_stride, z_t, stream, step = tk.NO_NOISE, a_t, 0, x_c, x_c, x_c
+    else:
+        c_t, c_stride = per_sample(c, B, x.device, "c", where)
+        if z is not None:
+            kind, z_t, stream, step = tk.EXPLICIT_NOISE, z.contiguous(), x_c, x_c
+        else:
+            kind, z_t = tk.COUNTER_NOISE, x_c
+            stream = noise.stream.to(device=x.device, dtype=torch.int64).contiguous()
+            step = noise.step.to(device=x.device, dtype=torch.int64).contiguous()
+    geom = tile_geometry(B, N)
+    tk.launch(tk.affine_kernel, geom, out, mean, x_c, s_c, f_c, z_t, a_t, a_stride, b_t, b_stride,
+              c_t, c_stride, stream, step, draw, B, N, geom.chunks,
+              HAS_F=f is not None, NOISE=kind, STORE_MEAN=store_mean,
+              ROUND_BF16=tk.round_bf16(x.dtype))
+    if return_mean:
+        return (out, mean) if store_mean else (out, out)
+    return out
+
+
+def affine_noise_step_ref(x, a, s, b, c=None, noise=None, draw=0, *, z=None, return_mean=False):
+    """PyTorch reference of :func:`affine_noise_step` (same arguments and semantics, differentiable)."""
+    where = "affine_noise_step"
+    draw = _check(where, x, s, None, c, noise, z, draw)
+    return _ref(where, x, a, s, b, None, c, noise, draw, z, return_mean)
+
+
+def affine_noise_step(x, a, s, b, c=None, noise=None, draw=0, *, z=None, return_mean=False):
+    """``mean = a * x + b * s`` and ``x1 = mean + c * z``, fused, with per-sample a, b, c.
+
+    Args:
+        x: state ``(B, ...)``, float16/bfloat16/float32 (float32 math) or float64.
+        a, b, c: per-sample coefficients (numbers or ``(B,)`` tensors); ``c=None`` drops the
+            noise term (then neither ``noise`` nor ``z`` may be given).
+        s: the tensor scaled by b (a score, a denoised estimate, ...), shaped like ``x``.
+        noise, draw: a :class:`~sdesolve.noise.Noise` for the batch and the draw index.
+        z: an explicit standard normal draw shaped like ``x`` instead of ``noise``.
+        return_mean: also return ``mean`` (score_sde's ``x_mean``).
+
+    Returns:
+        ``x1`` in x's dtype, or ``(x1, mean)``.
+    """
+    where = "affine_noise_step"
+    draw = _check(where, x, s, None, c, noise, z, draw)
+    if use_triton(where, x, (x, a, s, b, c, z)):
+        return _triton(where, x, a, s, b, None, c, noise, draw, z, return_mean)
+    return _ref(where, x, a, s, b, None, c, noise, draw, z, return_mean)
+
+
+def _g_squared(g, x, where):
+    ct = compute_dtype(x.dtype, where)
+    g_c = column(g, x, ct, "g", where).reshape(-1)
+    return g_c, g_c * g_c
+
+
+def reverse_diffusion_step_ref(x, f, g, score, noise=None, draw=0, *, z=None, return_mean=False):
+    """PyTorch reference of :func:`reverse_diffusion_step` (same arguments and semantics)."""
+    where = "reverse_diffusion_step"
+    draw = _check(where, x, score, f, g, noise, z, draw)
+    g_c, g2 = _g_squared(g, x, where)
+    return _ref(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)
+
+
+def reverse_diffusion_step(x, f, g, score, noise=None, draw=0, *, z=None, return_mean=False):
+    """The reverse-diffusion predictor ``mean = x + g^2 * score - f``, ``x1 = mean + g * z``, fused.
+
+    Args:
+        x: state ``(B, ...)``.
+        f: the forward drift discretised over the step (``drift(t, x) * dt``), shaped like ``x``.
+        g: the discretised diffusion (``diffusion(t) * sqrt(dt)``), per sample; ``g^2`` is
+            formed in the compute dtype.
+        score: the score at (x, t), shaped like ``x``.
+        noise, draw, z, return_mean: as in :func:`affine_noise_step`.
+    """
+    where = "reverse_diffusion_step"
+    draw = _check(where, x, score, f, g, noise, z, draw)
+    g_c, g2 = _g_squared(g, x, where)
+    if use_triton(where, x, (x, f, g, score, z)):
+        return _triton(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)
+    return _ref(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)

@@ -1,0 +1,367 @@
+"""The ``sdesolve`` command line.
+
+    sdesolve train  --data DATA --model mlp|unet --process vp|subvp|ve|edm --steps N --out DIR
+    sdesolve sample --checkpoint DIR --solver NAME[:key=value,...] --nfe N --n COUNT --seed S --out FILE
+
+One parser with one function per subcommand (``cmd_<name>``); :data:`TABLE` is the only place
+where names become objects. Solvers are looked up by class name, case-insensitive, among the
+:class:`~sdesolve.solvers.base.Solver` subclasses that ``sdesolve`` exports, with constructor
+arguments after a colon: ``dpmsolverpp:order=3``, ``dopri5:rtol=1e-4,atol=1e-4`` (values are
+parsed as int, float or bool when they look like one).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sdesolve
+from .processes import EDM, SubVPSDE, VESDE, VPSDE
+from .solvers.base import Solver
+from .train import data as datasets
+from .train.checkpoint import CheckpointError, find_checkpoint, load_trained, LAST, PREV
+from .train.losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, ScorePrediction,
+                           VPrediction, X0Prediction)
+from .train.models import MLP, UNet
+from .train.spec import build
+from .train.trainer import TrainConfig, Trainer
+
+__all__ = ["main", "build_parser", "TABLE", "solver_from_spec", "parse_value"]
+
+
+def _toy(fn):
+    def load(n, generator):
+        return fn(n, generator)
+    load.__name__ = fn.__name__
+    return load
+
+
+def _digits(n, generator):
+    return datasets.load_digits("train")[0]
+
+
+def _mnist(n, generator):
+    return datasets.load_mnist("train")[0]
+
+
+def _solvers() -> dict:
+    out = {}
+    for name in getattr(sdesolve, "__all__", []):
+        obj = getattr(sdesolve, name, None)
+        if inspect.isclass(obj) and issubclass(obj, Solver) and obj is not Solver and not inspect.isabstract(obj):
+            out[name.lower()] = obj
+    return out
+
+
+#: names on the command line -> objects
+TABLE = {
+    "data": {"gmm2d": _toy(datasets.gmm2d), "moons": _toy(datasets.moons), "swissroll": _toy(datasets.swissroll),
+             "checkerboard": _toy(datasets.checkerboard), "digits": _digits, "mnist": _mnist},
+    "model": {"mlp": MLP, "unet": UNet},
+    "process": {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDM},
+    "loss": {"dsm": DenoisingScoreMatching, "likelihood": LikelihoodWeighted, "edm": EDMLoss},
+    "param": {"eps": EpsPrediction, "score": ScorePrediction, "x0": X0Prediction, "v": VPrediction},
+    "solver": _solvers(),
+}
+
+
+def _pick(kind: str, name: str):
+    try:
+        return TABLE[kind][name.lower()]
+    except KeyError:
+        raise SystemExit(f"sdesolve: unknown {kind} {name!r}; choose one of {', '.join(sorted(TABLE[kind]))}") from None
+
+
+# --- solver specs ------------------------------------------------------------------------------
+def parse_value(text: str):
+    """'3' -> 3, '1e-4' -> 0.0001, 'true'/'false' -> bool, anything else stays a string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def solver_from_spec(spec: str) -> Solver:
+    """A solver object from ``name`` or ``name:key=value,key=value`` (name: class name, any case)."""
+    name, _, rest = spec.partition(":")
+    cls = _pick("solver", name.strip())
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"sdesolve: solver argument {item!r} in {spec!r} is not key=value")
+        kwargs[key.strip()] = parse_value(value)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SystemExit(f"sdesolve: cannot build {cls.__name__} from {spec!r}: {e}") from None
+
+
+def steps_for_nfe(solver: Solver, nfe: int) -> int | None:
+    """Steps giving about ``nfe`` model evaluations (None for adaptive solvers)."""
+    if getattr(solver, "adaptive", False):
+        return None
+    return max(1, int(nfe) // max(1, int(getattr(solver, "nfe_per_step", 1))))
+
+
+# --- train -------------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def _load_data(source: str, n: int, seed: int) -> tuple[torch.Tensor, str]:
+    if source.lower() in TABLE["data"]:
+        return TABLE["data"][source.lower()](n, torch.Generator().manual_seed(seed)), source.lower()
+    path = Path(source)
+    if not path.exists():
+        raise SystemExit(f"sdesolve: --data {source!r} is neither a dataset ({', '.join(sorted(TABLE['data']))}) "
+                         f"nor an existing file or folder")
+    return datasets.load_path(path), str(path.resolve())
+
+
+def _unet_defaults(resolution: int) -> dict:
+    """U-Net size by image side: 8 -> 4 -> 2 for 8x8, three levels up to 28/32 pixels."""
+    if resolution <= 8:
+        return dict(ch=32, mult=(1, 2, 2), blocks=1, attn=(2,))
+    if resolution <= 16:
+        return dict(ch=64, mult=(1, 2, 2), blocks=2, attn=(4,))
+    if resolution % 8 == 0:
+        return dict(ch=64, mult=(1, 2, 2, 2), blocks=2, attn=(resolution // 4,))
+    return dict(ch=64, mult=(1, 2, 2), blocks=2, attn=(resolution // 4,))
+
+
+def _build_net(args, shape) -> torch.nn.Module:
+    images = len(shape) == 3
+    kind = args.model or ("unet" if images else "mlp")
+    cls = _pick("model", kind)
+    if cls is UNet:
+        if not images:
+            raise SystemExit(f"sdesolve: --model unet needs images (C, H, W), the data has samples of shape {shape}")
+        kw = _unet_defaults(shape[-1])
+        if args.channels:
+            kw["ch"] = args.channels
+        if args.mult:
+            kw["mult"] = _int_list(args.mult)
+        if args.blocks:
+            kw["blocks"] = args.blocks
+        if args.attn is not None:
+            kw["attn"] = _int_list(args.attn)
+        return UNet(in_channels=shape[0], resolution=shape[-1], **kw)
+    kw = {}
+    if args.hidden:
+        kw["hidden"] = args.hidden
+    if args.depth:
+        kw["depth"] = args.depth
+    return cls(shape=shape, **kw)
+
+
+def _build_loss(args, data: torch.Tensor):
+    process = _pick("process", args.process or "vp")()
+    loss_cls = _pick("loss", args.loss or "dsm")
+    if loss_cls is EDMLoss:
+        if args.param is not None:
+            raise SystemExit("sdesolve: --loss edm trains an EDM-preconditioned denoiser; --param does not apply")
+        sigma_data = args.sigma_data or float(data.double().std())
+        return EDMLoss(process, sigma_data=sigma_data)
+    return loss_cls(process, _pick("param", args.param or "eps")())
+
+
+_TRAIN_FIELDS = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "ema": "ema_decay", "warmup": "warmup",
+                 "grad_clip": "grad_clip", "ckpt_every": "ckpt_every", "seed": "seed", "weight_decay": "weight_decay"}
+_NET_ARGS = ("model", "channels", "mult", "blocks", "attn", "hidden", "depth")
+_LOSS_ARGS = ("process", "loss", "param", "sigma_data")
+
+
+def cmd_train(args) -> int:
+    """Train a score network and write checkpoints to --out; with --resume, continue one (settings
+    not given on the command line come from the checkpoint)."""
+    out = Path(args.out)
+    ckpt = ckpt_file = None
+    if args.resume is not None:
+        where = out if args.resume is True else Path(args.resume)
+        try:
+            ckpt_file, ckpt = find_checkpoint(where)
+        except CheckpointError as e:
+            raise SystemExit(f"sdesolve train: {e}") from None
+    elif (out / LAST).exists() or (out / PREV).exists():
+        raise SystemExit(f"sdesolve train: {out} already holds a checkpoint; pass --resume to continue it "
+                         f"or choose another --out")
+
+    cfg = TrainConfig.from_dict(ckpt["config"]["train"]) if ckpt else TrainConfig()
+    updates = {field: getattr(args, a) for a, field in _TRAIN_FIELDS.items() if getattr(args, a) is not None}
+    cfg = TrainConfig.from_dict({**cfg.as_dict(), **updates})
+
+    source = args.data or (ckpt["config"]["data"]["source"] if ckpt else None)
+    if source is None:
+        raise SystemExit("sdesolve train: --data is required")
+    raw, source = _load_data(source, args.n_data, cfg.seed)
+    if ckpt:
+        scaling = datasets.Scaling.from_state_dict(ckpt["config"]["scaling"])
+    else:
+        scaling = datasets.fit_scaling(raw)
+    data = scaling.to_model(raw)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if ckpt and all(getattr(args, a) is None for a in _LOSS_ARGS):
+            loss = build(ckpt["config"]["loss"])
+        else:
+            loss = _build_loss(args, data)
+        if ckpt and all(getattr(args, a) is None for a in _NET_ARGS + _LOSS_ARGS):
+            model = build(ckpt["config"]["model"])
+        else:
+            model = loss.wrap(_build_net(args, tuple(data.shape[1:])))
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    trainer = Trainer(model, loss, data, cfg, out=out, scaling=scaling, source=source, device=device,
+                      progress=not args.quiet)
+    if ckpt:
+        try:
+            trainer.resume(ckpt_file)
+        except CheckpointError as e:
+            raise SystemExit(f"sdesolve train: {e}") from None
+
+    def on_checkpoint(step, path):
+        if args.stop_after is not None and step >= args.stop_after:
+            sys.stdout.flush()
+            os._exit(75)  # as abrupt as a kill: no cleanup, no further writes
+
+    if trainer.rank == 0 and not args.quiet:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"train: {source} {tuple(data.shape)} | {type(model).__name__} {n_params} parameters | {loss!r} | "
+              f"steps {trainer.step} -> {cfg.steps}, batch {cfg.batch_size} on {trainer.world} process(es)",
+              flush=True)
+    start = time.perf_counter()
+    trainer.train(on_checkpoint=on_checkpoint)
+    wall = time.perf_counter() - start
+    if trainer.rank == 0:
+        last = trainer.history[-1][1] if trainer.history else float("nan")
+        print(f"trained to step {trainer.step} in {wall:.1f} s; last logged loss {last:.4f}; checkpoint {out / LAST}",
+              flush=True)
+    if trainer.world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+# --- sample ------------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    """Sample from a trained checkpoint with any solver; write .npy (data space) or a .png grid."""
+    from .train.images import save_image_grid
+
+    try:
+        trained = load_trained(args.checkpoint, ema=not args.raw_weights)
+    except CheckpointError as e:
+        raise SystemExit(f"sdesolve sample: {e}") from None
+    solver = solver_from_spec(args.solver)
+    steps = args.steps if args.steps is not None else steps_for_nfe(solver, args.nfe)
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise SystemExit(f"sdesolve sample: --out {out} must end in .npy (arrays) or .png (an image grid)")
+    images = len(trained.sample_shape) == 3
+    if out.suffix == ".png" and not images:
+        raise SystemExit(f"sdesolve sample: samples of shape {trained.sample_shape} are not images; use .npy")
+    device = torch.device(args.device or "cpu")
+    trained.model.to(device)
+    score, process = trained.score(), trained.process
+    chunks, nfe, start = [], 0, time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, args.n, args.batch):
+            b = min(args.batch, args.n - lo)
+            sol = sdesolve.sample(process, score, solver, shape=(b, *trained.sample_shape), steps=steps,
+                                  seed=args.seed, sample_offset=lo, device=device)
+            chunks.append(trained.to_data(sol.y.float()).cpu())
+            nfe += int(sol.stats.nfe)
+    y = torch.cat(chunks)
+    wall = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        import numpy as np
+        np.save(out, y.numpy())
+    else:
+        rng = trained.scaling.data_range or (float(y.min()), float(y.max()))
+        save_image_grid(y, out, data_range=rng, upscale=max(1, 64 // trained.sample_shape[-1]))
+    print(f"sampled {args.n} x {tuple(trained.sample_shape)} with {type(solver).__name__} "
+          f"({'adaptive' if steps is None else f'{steps} steps'}, {nfe} model calls) in {wall:.1f} s -> {out}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a score network", description=cmd_train.__doc__)
+    p.add_argument("--data", help=f"a dataset ({', '.join(TABLE['data'])}) or a .npy/.npz file or image folder")
+    p.add_argument("--n-data", type=int, default=20000, help="points drawn for a 2-D toy dataset (default 20000)")
+    p.add_argument("--model", choices=sorted(TABLE["model"]), help="default: unet for images, mlp otherwise")
+    p.add_argument("--process", choices=sorted(TABLE["process"]), help="default: vp")
+    p.add_argument("--loss", choices=sorted(TABLE["loss"]), help="default: dsm")
+    p.add_argument("--param", choices=sorted(TABLE["param"]), help="network output (default eps; not for --loss edm)")
+    p.add_argument("--sigma-data", type=float, help="EDM's sigma_data (default: the scaled data's std)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 128)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (default 100)")
+    p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default 1)")
+    p.add_argument("--ema", type=float, help="EMA decay (default 0.999, with warm-up)")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (default 500) and at the end")
+    p.add_argument("--seed", type=int, help="seed of the initialization, data sampling and noise (default 0)")
+    p.add_argument("--out", required=True, help="checkpoint directory (last.pt, prev.pt)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                   help="continue from --out's checkpoint, or from CKPT (a file or directory)")
+    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
+    p.add_argument("--depth", type=int, help="MLP residual blocks (default 3)")
+    p.add_argument("--channels", type=int, help="U-Net base channels")
+    p.add_argument("--mult", help="U-Net channel multipliers per level, e.g. 1,2,2")
+    p.add_argument("--blocks", type=int, help="U-Net residual blocks per level")
+    p.add_argument("--attn", help="U-Net resolutions with self-attention, e.g. 2 or 8,4 ('' for none)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="exit abruptly (os._exit, as a crash) after the first checkpoint at or past STEP")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="draw samples from a trained checkpoint", description=cmd_sample.__doc__)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
+    p.add_argument("--solver", default="eulermaruyama",
+                   help=f"solver class name with optional args, e.g. dpmsolverpp:order=3 "
+                        f"(one of {', '.join(sorted(TABLE['solver']))})")
+    p.add_argument("--nfe", type=int, default=1000, help="about this many model evaluations per sample")
+    p.add_argument("--steps", type=int, help="solver steps (overrides --nfe)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--batch", type=int, default=1000, help="samples per batch (results do not depend on it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=".npy for arrays (data space), .png for an image grid")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.set_defaults(func=cmd_sample)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdesolve", description="Score-based diffusion: train and sample.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Equations a solver integrates: a drift, a diffusion, and for diffusion models the process and
+the model's predictions. A solver sees only these methods, never a model.
+
+    ODE(vector_field)            dx = v(t, x) dt
+    SDE(drift, diffusion, noise) dx = f(t, x) dt + g(t, x) dW      (Ito, diagonal/scalar/additive)
+    ReverseSDE(process, score)   dx = [f(t) x - g(t)^2 s(x, t)] dt + g(t) dW_bar,  t from T down
+    ProbabilityFlowODE(process, score)  dx/dt = f(t) x - g(t)^2 s(x, t) / 2
+
+Every evaluation of the drift (for diffusion equations: of the score model) is counted in
+``nfe`` (calls) and ``sample_nfe`` (per-sample evaluations, i.e. the summed batch sizes).
+``t`` is always a float64 tensor of shape (B,).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Equation", "ODE", "SDE", "ReverseSDE", "ProbabilityFlowODE", "NOISE_TYPES"]
+
+NOISE_TYPES = ("diagonal", "scalar", "additive")
+
+
+def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    c = c.to(device=x.device, dtype=x.dtype)
+    return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
+
+
+class Equation:
+    """Base class: counts evaluations and validates what user callables return."""
+
+    is_sde: bool = False
+    noise_type: str | None = None
+    process = None
+
+    def __init__(self):
+        self.reset_counts()
+
+    def reset_counts(self):
+        self.nfe = 0
+        self.sample_nfe = 0
+
+    def _count(self, x: torch.Tensor):
+        self.nfe += 1
+        self.sample_nfe += x.shape[0]
+
+    @staticmethod
+    def _check_out(out, x: torch.Tensor, what: str) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(f"{what} returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
+        return out
+
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is an ODE: it has no diffusion")
+
+
+class ODE(Equation):
+    """dx/dt = vector_field(t, x), ``t`` of shape (B,)."""
+
+    def __init__(self, vector_field):
+        super().__init__()
+        self.vector_field = vector_field
+
+    def drift(self, t, x):
+        self._count(x)
+        return self._check_out(self.vector_field(t, x), x, "the vector field")
+
+
+class SDE(Equation):
+    """Ito SDE dx = drift(t, x) dt + diffusion(t, x) dW.
+
+    ``noise`` declares the structure of the diffusion: "diagonal" (diffusion returns a tensor
+    shaped like x, one independent Brownian motion per element), "scalar" (as diagonal, one
+    Brownian motion shared by all elements of a sample) or "additive" (diagonal and independent
+    of x, which is what order-1.5 additive-noise schemes need).
+    """
+
+    is_sde = True
+
+    def __init__(self, drift, diffusion, noise: str = "diagonal"):
+        super().__init__()
+        if noise not in NOISE_TYPES:
+            raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}")
+        self._drift, self._diffusion, self.noise_type = drift, diffusion, noise
+
+    def drift(self, t, x):
+        self._count(x)
+        return self._check_out(self._drift(t, x), x, "the drift")
+
+    def diffusion(self, t, x):
+        g = self._diffusion(t, x)
+        if not isinstance(g, torch.Tensor):
+            g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
+        if g.dim() == 1 and g.shape[0] == x.shape[0] and x.dim() > 1:
+            g = _per_sample(g, x)
+        return g
+
+
+class _DiffusionEquation(Equation):
+    """Shared by ReverseSDE and ProbabilityFlowODE: the process, the score and its
+    reparametrizations (denoised x0 and noise eps), each call counted once."""
+
+    def __init__(self, process, score):
+        super().__init__()
+        from .scores import Score
+
+        self.process = process
+        self.score = score if isinstance(score, Score) else Score(score)
+
+    def _predict(self, t, x, kind: str) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        self._count(x)
+        out = getattr(self.score, kind)(x, t, self.process)
+        return self._check_out(out, x, f"the score model ({kind})")
+
+    def score_at(self, t, x):
+        """grad_x log p_t(x)."""
+        return self._predict(t, x, "score_of")
+
+    def denoised(self, t, x):
+        """E[x_0 | x_t = x] (Tweedie): (x + sigma^2 score) / alpha."""
+        return self._predict(t, x, "denoised_of")
+
+    def eps(self, t, x):
+        """E[z | x_t = x] = -sigma score."""
+        return self._predict(t, x, "eps_of")
+
+    def g2(self, t, x):
+        return _per_sample(self.process.g2(t), x)
+
+
+class ReverseSDE(_DiffusionEquation):
+    """The reverse-time SDE of Anderson (1982) / Song et al. (2021), integrated with dt < 0:
+    dx = [f(t) x - g(t)^2 s(x, t)] dt + g(t) dW_bar. The noise is additive."""
+
+    is_sde = True
+    noise_type = "additive"
+
+    def drift(self, t, x):
+        s = self.score_at(t, x)
+        return _per_sample(self.process.f(t), x) * x - self.g2(t, x) * s
+
+    def diffusion(self, t, x):
+        return _per_sample(torch.sqrt(self.process.g2(t)), x)
+
+
+class ProbabilityFlowODE(_DiffusionEquation):
+    """dx/dt = f(t) x - g(t)^2 s(x, t) / 2, whose solution has the marginals p_t of the process."""
+
+    def drift(self, t, x):
+        s = self.score_at(t, x)
+        return _per_sample(self.process.f(t), x) * x - 0.5 * self.g2(t, x) * s

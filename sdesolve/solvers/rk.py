@@ -1,0 +1,87 @@
+"""Explicit Runge-Kutta methods over Butcher tableaus.
+
+One step from (t0, y0) with h = t1 - t0 (per sample):
+    k_i = f(t0 + c_i h, y0 + h sum_{j<i} a_ij k_j),   y1 = y0 + h sum_i b_i k_i
+and, for an embedded pair, the per-sample error norm
+    err = RMS( h sum_i (b_i - b_hat_i) k_i / (atol + rtol max(|y0|, |y1|)) ),
+accepted when err <= 1. FSAL pairs hand their last stage to the next step in ``state``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Solver, Step, per_sample
+from .tableaus import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
+
+__all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4Solver", "error_norm"]
+
+
+def error_norm(err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """Per-sample RMS of err / (atol + rtol max(|y0|, |y1|)), float64, shape (B,)."""
+    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+    r = (err / scale).reshape(err.shape[0], -1).to(torch.float64)
+    return r.pow(2).mean(1).sqrt()
+
+
+class RungeKutta(Solver):
+    """An explicit Runge-Kutta method given by a :class:`ButcherTableau`."""
+
+    tableau: ButcherTableau
+
+    def __init__(self, tableau: ButcherTableau | None = None):
+        if tableau is not None:
+            self.tableau = tableau
+        self.order = self.tableau.order
+        self.nfe_per_step = self.tableau.stages - (1 if self.tableau.fsal else 0)
+
+    def stages(self, eq, t0, t1, y0, k0=None):
+        """The stage derivatives k_1..k_s for one step."""
+        tab = self.tableau
+        h = t1 - t0
+        hx = per_sample(h, y0)
+        ks = []
+        for i in range(tab.stages):
+            if i == 0 and k0 is not None:
+                ks.append(k0)
+                continue
+            yi = y0
+            for j, a in enumerate(tab.A[i][:i]):
+                if a != 0.0:
+                    yi = yi + (a * hx) * ks[j]
+            ks.append(eq.drift(t0 + tab.c[i] * h, yi))
+        return ks
+
+    def combine(self, y0, ks, h, weights):
+        hx = per_sample(h, y0)
+        acc = None
+        for w, k in zip(weights, ks):
+            if w != 0.0:
+                acc = w * k if acc is None else acc + w * k
+        return y0 + hx * acc
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        ks = self.stages(eq, t0, t1, y0)
+        return Step(self.combine(y0, ks, t1 - t0, self.tableau.b))
+
+
+class Euler(RungeKutta):
+    """Forward Euler, order 1."""
+    tableau = EULER
+
+
+class Heun(RungeKutta):
+    """Heun's method (explicit trapezoidal rule), order 2: k-diffusion's and EDM's second-order step."""
+    tableau = HEUN
+
+
+class Midpoint(RungeKutta):
+    """Explicit midpoint method, order 2."""
+    tableau = MIDPOINT
+
+
+class RK4Solver(RungeKutta):
+    """The classical Runge-Kutta method, order 4."""
+    tableau = RK4
+
+
+RK4Solver.__name__ = RK4Solver.__qualname__ = "RK4"

@@ -1,0 +1,90 @@
+"""Fixed-step SDE solvers.
+
+EulerMaruyama      x1 = x0 + f(t0, x0) h + g(t0, x0) dW,  dW = sqrt(|h|) z
+                   strong order 1/2 (1 for additive noise), weak order 1 (Kloeden & Platen 1992)
+ReverseDiffusion   score_sde's reverse-diffusion predictor (Song et al. 2021, Eq. 46), written
+                   for any process through its exact transition x_t = a x_s + s_ts z over the
+                   step s < t:  x_s = (2 - a) x_t + s_ts^2 score(x_t, t) + s_ts z
+Ancestral          ancestral sampling: x_s drawn from the Gaussian posterior q(x_s | x_t, x_0 =
+                   D(x_t)) of the forward process with the model's denoised prediction D (DDPM,
+                   Ho et al. 2020, Eq. 7, for VP; Song et al. 2021, Eq. 47, for VE):
+                   mean = (a sigma_s^2 / sigma_t^2) x_t + (alpha_s s_ts^2 / sigma_t^2) D,
+                   var  = s_ts^2 sigma_s^2 / sigma_t^2,   a = alpha_t / alpha_s,
+                   s_ts^2 = sigma_t^2 - a^2 sigma_s^2
+The last two are diffusion-specific: they need ``eq.process``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Solver, Step, per_sample
+
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral"]
+
+
+def _transition(process, t_from, t_to):
+    """(a, s2) of x_t = a x_s + sqrt(s2) z for t = max(t_from, t_to), s = min(...): float64 (B,)."""
+    t = torch.maximum(t_from, t_to)
+    s = torch.minimum(t_from, t_to)
+    la_t, la_s = process.log_alpha(t), process.log_alpha(s)
+    a = torch.exp(la_t - la_s)
+    s2 = process.sigma(t) ** 2 - a**2 * process.sigma(s) ** 2
+    return a, s2.clamp_min(0.0)
+
+
+class EulerMaruyama(Solver):
+    order = 0.5
+    weak_order = 1.0
+    stochastic = True
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        h = t1 - t0
+        f = eq.drift(t0, y0)
+        g = eq.diffusion(t0, y0)
+        z = noise.normal(y0, 0)
+        y = y0 + per_sample(h, y0) * f + g * per_sample(h.abs().sqrt(), y0) * z
+        return Step(y)
+
+
+class ReverseDiffusion(Solver):
+    """score_sde's reverse-diffusion predictor, for any process (see module docstring)."""
+
+    order = 0.5
+    weak_order = 1.0
+    stochastic = True
+    needs_process = True
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        a, s2 = _transition(eq.process, t0, t1)
+        s = eq.score_at(t0, y0)
+        mean = per_sample(2.0 - a, y0) * y0 + per_sample(s2, y0) * s
+        return Step(mean + per_sample(s2.sqrt(), y0) * noise.normal(y0, 0))
+
+
+class Ancestral(Solver):
+    """Ancestral sampling from the forward process's Gaussian posterior (see module docstring).
+    ``eta`` scales the posterior standard deviation, keeping the marginal variance (eta = 1:
+    DDPM; eta = 0: DDIM's deterministic update)."""
+
+    order = 0.5
+    weak_order = 1.0
+    stochastic = True
+    needs_process = True
+
+    def __init__(self, eta: float = 1.0):
+        self.eta = float(eta)
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        p = eq.process
+        x0 = eq.denoised(t0, y0)
+        la_t, la_s = p.log_alpha(t0), p.log_alpha(t1)
+        sig_t, sig_s = p.sigma(t0), p.sigma(t1)
+        a = torch.exp(la_t - la_s)
+        s_ts2 = (sig_t**2 - a**2 * sig_s**2).clamp_min(0.0)
+        std = self.eta * torch.sqrt(s_ts2 * sig_s**2 / sig_t**2)
+        # keep the marginal: the rest of sigma_s^2 goes through the predicted noise direction
+        c_eps = torch.sqrt((sig_s**2 - std**2).clamp_min(0.0))
+        alpha_s = torch.exp(la_s)
+        eps = (y0 - per_sample(torch.exp(la_t), y0) * x0) / per_sample(sig_t, y0)
+        y = per_sample(alpha_s, y0) * x0 + per_sample(c_eps, y0) * eps + per_sample(std, y0) * noise.normal(y0, 0)
+        return Step(y)
