@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import triton
 import triton.language as tl
 
@@ -62,7 +63,7 @@ def _coef(ptr, stride, smp, row_ok):
 def _counter_normal(stream_ptr, step_ptr, draw, smp, row_ok, quad, lane):
     seed = tl.load(stream_ptr + smp, mask=row_ok, other=0)
     step = tl.load(step_ptr + smp, mask=row_ok, other=0).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, quad, draw, step, 0)
+    r0, r1, r2, r3 = tl.philox(seed, quad, step, draw, 0)
     rad_a = tl.sqrt(-2.0 * tl.log(tl.maximum(tl.uint_to_uniform_float(r0), 1.0e-7)))
     rad_b = tl.sqrt(-2.0 * tl.log(tl.maximum(tl.uint_to_uniform_float(r2), 1.0e-7)))
     th_a = 6.283185307179586 * tl.uint_to_uniform_float(r1)
@@ -215,11 +216,19 @@ def _interpreted() -> bool:
 
 def round_bf16(dtype) -> bool:
     """The ROUND_BF16 constant for a state of ``dtype`` (see ``_to_state``)."""
-    return str(dtype) == "torch.bfloat16" and _interpreted()
+    return dtype == torch.bfloat16 and _interpreted()
 
 
 def launch(kernel, geometry, *args, **constexprs):
-    """Runs ``kernel`` over ``geometry``'s grid with its tile constants."""
-    kernel[(geometry.programs,)](
-        *args, ROWS=geometry.rows, QUADS=geometry.quads, WIDE=geometry.wide, num_warps=4, **constexprs
-    )
+    """Runs ``kernel`` over ``geometry``'s grid with its tile constants, on the device of its
+    first tensor argument (not necessarily the current CUDA device)."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    grid = (geometry.programs,)
+    # no fused multiply-adds: each operation rounds as in the PyTorch reference
+    consts = dict(ROWS=geometry.rows, QUADS=geometry.quads, WIDE=geometry.wide, num_warps=4,
+                  enable_fp_fusion=False, **constexprs)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **consts)
+    else:
+        kernel[grid](*args, **consts)

@@ -13,8 +13,14 @@ from .noise import Noise
 from .processes import EDM, VESDE, VPSDE, Process, SubVPSDE
 from .scores import Score, labels
 from .solve import Solution, Stats, sample, solve
+from .controllers import PIController
+from .solvers import AdaptiveSDE, Bosh3, Dopri5, Milstein, SRA1, Tsit5
+from .discrete import DiscreteVP
+from .solvers import DDIM, DPMSolver, DPMSolverPP, EDMHeun, UniPC, append_zero
 from .solvers import (Ancestral, AnnealedLangevin, ButcherTableau, Euler, EulerMaruyama, Heun, Langevin,
                       Midpoint, PredictorCorrector, ReverseDiffusion, RK4, RungeKutta, Solver, Step)
+from .likelihood import (BitsPerDim, ExactTrace, Hutchinson, LikelihoodResult, Trace, bits_per_dim, dequantize,
+                         log_likelihood, pixel_levels)
 
 __version__ = "0.1.0"
 
@@ -25,3 +31,7 @@ __all__ = [
     "Ancestral", "AnnealedLangevin", "ButcherTableau", "Euler", "EulerMaruyama", "Heun", "Langevin", "Midpoint",
     "PredictorCorrector", "ReverseDiffusion", "RK4", "RungeKutta", "Solver", "Step",
 ]
+__all__ += ["PIController", "Bosh3", "Dopri5", "Tsit5", "AdaptiveSDE", "Milstein", "SRA1"]
+__all__ += ["DiscreteVP", "DDIM", "DPMSolver", "DPMSolverPP", "UniPC", "EDMHeun", "append_zero"]
+__all__ += ["Trace", "ExactTrace", "Hutchinson", "LikelihoodResult", "log_likelihood", "BitsPerDim", "bits_per_dim",
+            "pixel_levels", "dequantize"]

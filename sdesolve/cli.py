@@ -7,7 +7,8 @@ One parser with one function per subcommand (``cmd_<name>``); :data:`TABLE` is t
 where names become objects. Solvers are looked up by class name, case-insensitive, among the
 :class:`~sdesolve.solvers.base.Solver` subclasses that ``sdesolve`` exports, with constructor
 arguments after a colon: ``dpmsolverpp:order=3``, ``dopri5:rtol=1e-4,atol=1e-4`` (values are
-parsed as int, float or bool when they look like one).
+parsed as int, float or bool when they look like one, and as a solver when they name one:
+``predictorcorrector:predictor=reversediffusion``).
 """
 from __future__ import annotations
 
@@ -93,7 +94,9 @@ def parse_value(text: str):
 
 
 def solver_from_spec(spec: str) -> Solver:
-    """A solver object from ``name`` or ``name:key=value,key=value`` (name: class name, any case)."""
+    """A solver object from ``name`` or ``name:key=value,key=value`` (name: class name, any case).
+    A value that names a solver becomes that solver with its defaults:
+    ``predictorcorrector:predictor=reversediffusion``."""
     name, _, rest = spec.partition(":")
     cls = _pick("solver", name.strip())
     kwargs = {}
@@ -101,7 +104,10 @@ def solver_from_spec(spec: str) -> Solver:
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"sdesolve: solver argument {item!r} in {spec!r} is not key=value")
-        kwargs[key.strip()] = parse_value(value)
+        value = parse_value(value)
+        if isinstance(value, str) and value.lower() in TABLE["solver"]:
+            value = solver_from_spec(value)
+        kwargs[key.strip()] = value
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -205,7 +211,8 @@ def cmd_train(args) -> int:
     source = args.data or (ckpt["config"]["data"]["source"] if ckpt else None)
     if source is None:
         raise SystemExit("sdesolve train: --data is required")
-    raw, source = _load_data(source, args.n_data, cfg.seed)
+    n_data = args.n_data or (ckpt["config"]["data"]["size"] if ckpt else 20000)
+    raw, source = _load_data(source, n_data, cfg.seed)
     if ckpt:
         scaling = datasets.Scaling.from_state_dict(ckpt["config"]["scaling"])
     else:
@@ -248,9 +255,9 @@ def cmd_train(args) -> int:
     trainer.train(on_checkpoint=on_checkpoint)
     wall = time.perf_counter() - start
     if trainer.rank == 0:
-        last = trainer.history[-1][1] if trainer.history else float("nan")
-        print(f"trained to step {trainer.step} in {wall:.1f} s; last logged loss {last:.4f}; checkpoint {out / LAST}",
-              flush=True)
+        logged = f"; mean loss of the last {cfg.log_every} steps {trainer.history[-1][1]:.4f}" if trainer.history else ""
+        print(f"trained to step {trainer.step} in {wall:.1f} s; last step's loss {trainer.last_loss:.4f}{logged}; "
+              f"checkpoint {out / LAST}", flush=True)
     if trainer.world > 1:
         torch.distributed.destroy_process_group()
     return 0
@@ -302,7 +309,7 @@ def cmd_sample(args) -> int:
 def _add_train(sub):
     p = sub.add_parser("train", help="train a score network", description=cmd_train.__doc__)
     p.add_argument("--data", help=f"a dataset ({', '.join(TABLE['data'])}) or a .npy/.npz file or image folder")
-    p.add_argument("--n-data", type=int, default=20000, help="points drawn for a 2-D toy dataset (default 20000)")
+    p.add_argument("--n-data", type=int, help="points drawn for a 2-D toy dataset (default 20000)")
     p.add_argument("--model", choices=sorted(TABLE["model"]), help="default: unet for images, mlp otherwise")
     p.add_argument("--process", choices=sorted(TABLE["process"]), help="default: vp")
     p.add_argument("--loss", choices=sorted(TABLE["loss"]), help="default: dsm")
@@ -320,14 +327,15 @@ def _add_train(sub):
     p.add_argument("--out", required=True, help="checkpoint directory (last.pt, prev.pt)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue from --out's checkpoint, or from CKPT (a file or directory)")
-    p.add_argument("--hidden", type=int, help="MLP width (default 256)")
+    p.add_argument("--hidden", type=int, help="MLP width (default 128)")
     p.add_argument("--depth", type=int, help="MLP residual blocks (default 3)")
     p.add_argument("--channels", type=int, help="U-Net base channels")
     p.add_argument("--mult", help="U-Net channel multipliers per level, e.g. 1,2,2")
     p.add_argument("--blocks", type=int, help="U-Net residual blocks per level")
     p.add_argument("--attn", help="U-Net resolutions with self-attention, e.g. 2 or 8,4 ('' for none)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or header line")
     p.add_argument("--stop-after", type=int, metavar="STEP",
                    help="exit abruptly (os._exit, as a crash) after the first checkpoint at or past STEP")
     p.set_defaults(func=cmd_train)
@@ -347,6 +355,7 @@ def _add_sample(sub):
     p.add_argument("--out", required=True, help=".npy for arrays (data space), .png for an image grid")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -360,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return args.func(args)
 
 

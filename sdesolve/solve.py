@@ -29,8 +29,9 @@ __all__ = ["solve", "sample", "Solution", "Stats"]
 @dataclass
 class Stats:
     """nfe: model (or drift) calls; sample_nfe: per-sample evaluations (summed batch sizes);
-    steps: steps taken (max over samples for adaptive solves); accepted / rejected: per sample
-    (tensors of shape (B,)) for adaptive solves, ints on a fixed grid."""
+    steps: steps taken (for adaptive solves: batched step calls, the most attempts, accepted or
+    rejected, of any sample); accepted / rejected: per sample (tensors of shape (B,)) for adaptive
+    solves, ints on a fixed grid; wall_time: seconds (adaptive solves)."""
 
     nfe: int = 0
     sample_nfe: int = 0
@@ -103,8 +104,11 @@ def solve(eq, y0: torch.Tensor, t0=None, t1=None, solver=None, *, steps: int | N
     """Integrate ``eq`` from ``t0`` to ``t1`` starting at ``y0`` (shape (B, ...)).
 
     ``steps`` / ``schedule`` fix the grid (a schedule function of (process, steps) or an explicit
-    1-D tensor of times); adaptive solvers take their step sizes from ``controller`` (default: the
-    per-sample PI controller with the solver's tolerances). ``seed`` is an int or a (B,) tensor of
+    1-D tensor of times). An explicit ``controller`` makes the solve adaptive; otherwise an
+    adaptive solver (``solver.adaptive``) is step-size controlled when neither ``steps`` nor
+    ``schedule`` is given (default controller: the per-sample PI controller with the solver's
+    tolerances, :meth:`sdesolve.controllers.PIController.for_solver`), and runs on the fixed grid
+    when one is. ``seed`` is an int or a (B,) tensor of
     per-sample seeds (see :mod:`sdesolve.noise`); ``noise`` overrides it with a ready Noise.
     ``save_at``: on a fixed grid, ``True`` saves every grid point; adaptive solves take a tensor
     of times. ``final_noise=False`` makes the last step add no noise.
@@ -119,7 +123,7 @@ def solve(eq, y0: torch.Tensor, t0=None, t1=None, solver=None, *, steps: int | N
         noise = _make_noise(seed, B, device)
     eq.reset_counts()
 
-    if solver.adaptive or controller is not None:
+    if controller is not None or (solver.adaptive and steps is None and schedule is None):
         if controller is None:
             from .controllers import PIController
             controller = PIController.for_solver(solver)
@@ -130,10 +134,11 @@ def solve(eq, y0: torch.Tensor, t0=None, t1=None, solver=None, *, steps: int | N
     n = grid.numel() - 1
     tvec = lambda i: grid[i].expand(B)
     y = y0
-    state = solver.init(eq, tvec(0), y0, tvec(n))
+    plan = {"grid": grid} if getattr(solver, "uses_grid", False) else {}
+    state = solver.init(eq, tvec(0), y0, tvec(n), **plan)
     first_bad = torch.full((B,), -1, dtype=torch.int64, device=device) if check_finite else None
     ys = [y0] if save_at is not None else None
-    zero = _ZeroNoise(noise.stream, noise.step)
+    zero = None if final_noise else _ZeroNoise(noise.stream, noise.step)
     for i in _progress(range(n), progress, n, type(solver).__name__):
         nz = noise.at(i) if (final_noise or i < n - 1) else zero
         out = solver.step(eq, tvec(i), tvec(i + 1), y, state, nz)

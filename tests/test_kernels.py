@@ -7,11 +7,16 @@ triton only on the Triton path). If triton was already imported without it (anot
 collected earlier, or a CUDA machine, where the compiled kernels are tested), the interpreter
 tests run once more in a fresh process (``test_interpreter_suite_in_fresh_process``).
 
-Tolerances: float32 results of the kernel and of ``*_ref`` differ by float32 rounding only (op
-order, fused multiply-adds, the libm/approximate transcendental functions of the Box-Muller
-transform: a few ulps of |z| <= 5.7), hence rtol = atol = 1e-5; a float16/bfloat16 result is the
-same float32 value rounded once more, which can land one ulp of the state dtype apart, hence
-the dtype's eps as rtol (torch.testing's defaults for these dtypes).
+Tolerances: float32 results of the kernel and of ``*_ref`` differ by float32 rounding only: op
+order and the transcendental functions of the Box-Muller transform. Under the interpreter
+(numpy's float32 log/cos/sin against torch's) that is a few ulps of |z| <= 5.7, hence
+rtol = atol = 1e-5. Compiled for CUDA, Triton 3.9 calls libdevice's logf/sinf/cosf and
+sqrt.approx (an ulp or two); atol = 1e-4 there also covers builds that lower tl.sin/tl.cos/tl.log
+to the hardware approximations (sin/cos.approx: absolute error 2^-20.5, about 7e-7, times
+r <= 5.7; lg2.approx: absolute error about 2^-22 in -2 log u, which the square root amplifies
+by 1/(2 r): an error above 1e-4 needs r < 1.1e-3, probability about 6e-7 per pair).
+A float16/bfloat16 result is the same float32 value rounded once more, which can land one ulp of
+the state dtype apart, hence the dtype's eps as rtol (torch.testing's default for these dtypes).
 """
 import os
 import subprocess
@@ -39,7 +44,7 @@ from sdesolve.kernels import (  # noqa: E402
     rk_combine_ref,
 )
 from sdesolve.kernels import common, dispatch  # noqa: E402
-from sdesolve.noise import PRIOR_STEP, Noise  # noqa: E402
+from sdesolve.noise import PRIOR_STEP, Noise, philox4x32  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERPRETER = dispatch.triton_installed() and dispatch.interpreter_active()
@@ -72,11 +77,16 @@ def forced(monkeypatch):
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
 
 
+def _atol(device):
+    return 1e-4 if torch.device(device).type == "cuda" else 1e-5
+
+
 def _close(actual, expected, dtype):
+    atol = _atol(actual.device)
     if dtype == torch.float32:
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol)
     else:
-        torch.testing.assert_close(actual.float(), expected.float(), rtol=torch.finfo(dtype).eps, atol=1e-5)
+        torch.testing.assert_close(actual.float(), expected.float(), rtol=torch.finfo(dtype).eps, atol=atol)
 
 
 def _noise(batch, device, seed=11, step=5):
@@ -120,7 +130,7 @@ def test_in_kernel_noise_equals_noise_normal(device, forced):
         x = torch.zeros((6,) + shape, device=device)
         for draw in (0, 1, 6):
             z = em_step(x, x, 1.0, 1.0, noise, draw)
-            torch.testing.assert_close(z, noise.normal(x, draw), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(z, noise.normal(x, draw), rtol=1e-5, atol=_atol(device))
     # a sample's noise does not depend on the batch it is drawn in
     x = torch.zeros(6, 11, device=device)
     z_full = em_step(x, x, 1.0, 1.0, noise, 3)
@@ -233,7 +243,7 @@ def test_langevin_step_matches_ref(device, dtype, shape, forced):
     for kw in (dict(noise=noise, draw=0), dict(z=z)):
         eps = langevin_step_size(s, 0.16, coef, **kw)
         eps_ref = langevin_step_size_ref(s, 0.16, coef, **kw)
-        torch.testing.assert_close(eps, eps_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(eps, eps_ref, rtol=_atol(device), atol=0)
         got = langevin_step(x, s, 0.16, coef, return_mean=True, **kw)
         want = langevin_step_ref(x, s, 0.16, coef, return_mean=True, **kw)
         for u, v in zip(got, want):
@@ -283,7 +293,7 @@ def test_rk_combine_matches_ref(device, dtype, shape, b, e, forced):
         assert err is None and err_ref is None
     else:
         assert err.shape == (BATCH,) and err.dtype == torch.float32
-        torch.testing.assert_close(err, err_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(err, err_ref, rtol=_atol(device), atol=0)
 
 
 def test_rk_combine_ref_formula():
@@ -472,3 +482,91 @@ def test_interpreter_suite_in_fresh_process():
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", os.path.abspath(__file__)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+_COMPILE_FOR_SM90 = r"""
+import itertools
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sdesolve.kernels import triton_kernels as tk
+
+assert not tk.interpreted()
+TILES = [dict(ROWS=1, QUADS=256, WIDE=False), dict(ROWS=256, QUADS=1, WIDE=True)]
+DOPRI5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+
+
+def compile_(kernel, types, consts):
+    sig = {n: ("constexpr" if n in consts else types[n]) for n in kernel.arg_names}
+    aligned = [n for n in kernel.arg_names if n.endswith("_ptr") and n in types] + ["N"]
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": False})
+    assert out.asm["cubin"]
+
+
+count = 0
+for st, tile in itertools.product(["*fp32", "*bf16"], TILES):
+    common = dict(stream_ptr="*i64", step_ptr="*i64", draw="i32", B="i32", N="i32", chunks="i32")
+    em = dict(out_ptr=st, mean_ptr=st, x_ptr=st, drift_ptr=st, g_ptr="*fp32", g_stride="i32", dt_ptr="*fp64",
+              dt_stride="i32", z_ptr=st, **common)
+    for noise, g_full in [(1, False), (2, True)]:
+        compile_(tk.em_kernel, em, dict(G_FULL=g_full, NOISE=noise, STORE_MEAN=True, ROUND_BF16=False, **tile))
+    aff = dict(out_ptr=st, mean_ptr=st, x_ptr=st, s_ptr=st, f_ptr=st, z_ptr=st, a_ptr="*fp64", a_stride="i32",
+               b_ptr="*fp32", b_stride="i32", c_ptr="*fp32", c_stride="i32", **common)
+    for noise in (0, 1, 2):
+        compile_(tk.affine_kernel, aff, dict(HAS_F=noise == 1, NOISE=noise, STORE_MEAN=True, ROUND_BF16=False, **tile))
+    compile_(tk.sumsq_kernel, dict(part_ptr="*fp32", s_ptr=st, z_ptr=st, **common), dict(NOISE=1, **tile))
+    rk = dict(y1_ptr=st, part_ptr="*fp32", y0_ptr=st, **{f"k{i}_ptr": st for i in range(7)}, dt_ptr="*fp64",
+              dt_stride="i32", rtol_ptr="*fp64", rtol_stride="i32", atol_ptr="*fp64", atol_stride="i32",
+              B="i32", N="i32", chunks="i32")
+    for err in (True, False):
+        consts = {f"B{i}": DOPRI5[i] for i in range(7)}
+        consts.update({f"E{i}": (E[i] if err else 0.0) for i in range(7)})
+        compile_(tk.rk_kernel, rk, dict(ERR=err, ROUND_BF16=False, **consts, **tile))
+    count += 8
+print("compiled", count)
+"""
+
+
+def test_kernels_compile_for_cuda():
+    """The interpreter is not the compiler: every kernel variant must also compile to a cubin for
+    sm_90 (in a fresh process without TRITON_INTERPRET; no GPU needed)."""
+    if not dispatch.triton_installed():
+        pytest.skip("triton is not installed")
+    try:
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no ASTSource")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = _run(_COMPILE_FOR_SM90, env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "compiled 32" in res.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_wide_offsets_beyond_2_31_elements():
+    """A sample of 2^31 + 6 float16 elements (12 GiB of tensors) takes 64-bit offsets; its last
+    quads and a few others must hold the counter-based normals of their element indices."""
+    n = 2**31 + 6
+    x = torch.zeros(1, n, dtype=torch.float16, device="cuda")
+    noise = Noise(torch.tensor([2**33 + 5], device="cuda"), torch.tensor([9], device="cuda"))
+    assert common.tile_geometry(1, n).wide
+    z = em_step(x, x, 1.0, 1.0, noise, 1)
+    idx = torch.tensor([0, 5, 2**31 - 3, 2**31 + 1, n - 2, n - 1], dtype=torch.int64)
+    r = philox4x32(idx // 4, torch.full_like(idx, 9), torch.full_like(idx, 1), torch.zeros_like(idx),
+                   (2**33 + 5) & 0xFFFFFFFF, (2**33 + 5) >> 32)
+    lane = idx % 4
+
+    def u(v):
+        v = torch.where(v >= 2**31, v - 2**32, v)
+        return torch.where(v < 0, -v - 1, v).to(torch.float32) * 4.6566127342e-10
+
+    ua = torch.where(lane < 2, r[0], r[2])
+    ub = torch.where(lane < 2, r[1], r[3])
+    rad = torch.sqrt(-2.0 * torch.log(torch.clamp_min(u(ua), 1e-7)))
+    theta = 6.283185307179586 * u(ub)
+    want = torch.where(lane % 2 == 0, rad * torch.cos(theta), rad * torch.sin(theta))
+    torch.testing.assert_close(z[0, idx.cuda()].float().cpu(), want.half().float(), rtol=1e-3, atol=1e-3)

@@ -4,6 +4,13 @@ from .langevin import AnnealedLangevin, Langevin, PredictorCorrector
 from .rk import Euler, Heun, Midpoint, RK4Solver as RK4, RungeKutta
 from .sde import Ancestral, EulerMaruyama, ReverseDiffusion
 from .tableaus import ButcherTableau
+from .adaptive import AdaptiveSDE, Bosh3, DenseOutput, Dopri5, EmbeddedRungeKutta, Tsit5
+from .srk import SRA1, Milstein
+from .diffusion import DDIM, DiffusionSolver, EDMHeun, append_zero
+from .dpm import DPMSolver, DPMSolverPP
+from .unipc import UniPC
 
 __all__ = ["Solver", "Step", "ButcherTableau", "RungeKutta", "Euler", "Heun", "Midpoint", "RK4",
            "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "AnnealedLangevin"]
+__all__ += ["Bosh3", "Dopri5", "Tsit5", "EmbeddedRungeKutta", "DenseOutput", "AdaptiveSDE", "Milstein", "SRA1"]
+__all__ += ["DiffusionSolver", "DDIM", "DPMSolver", "DPMSolverPP", "UniPC", "EDMHeun", "append_zero"]

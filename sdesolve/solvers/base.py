@@ -50,6 +50,9 @@ class Solver:
     noise_types: tuple = ("diagonal", "scalar", "additive")
     #: needs ``eq.process`` and ``eq.denoised`` (the diffusion-specific samplers)
     needs_process: bool = False
+    #: solvers that plan over the whole fixed grid (churn per step count, lower-order final
+    #: steps) set this and receive ``init(..., grid=times)``
+    uses_grid: bool = False
     #: the grid a solver is usually run on, when ``sample`` is given only ``steps``
     default_schedule = staticmethod(uniform)
 

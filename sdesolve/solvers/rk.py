@@ -4,7 +4,9 @@ One step from (t0, y0) with h = t1 - t0 (per sample):
     k_i = f(t0 + c_i h, y0 + h sum_{j<i} a_ij k_j),   y1 = y0 + h sum_i b_i k_i
 and, for an embedded pair, the per-sample error norm
     err = RMS( h sum_i (b_i - b_hat_i) k_i / (atol + rtol max(|y0|, |y1|)) ),
-accepted when err <= 1. FSAL pairs hand their last stage to the next step in ``state``.
+accepted when err <= 1. The state between steps is f(t0, y0) when it is known (FSAL pairs hand
+their last stage, f(t1, y1), to the next step) and None otherwise; a step given a state uses it
+as its first stage.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class RungeKutta(Solver):
             for j, a in enumerate(tab.A[i][:i]):
                 if a != 0.0:
                     yi = yi + (a * hx) * ks[j]
-            ks.append(eq.drift(t0 + tab.c[i] * h, yi))
+            ks.append(eq.drift(t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * h, yi))
         return ks
 
     def combine(self, y0, ks, h, weights):
@@ -60,8 +62,12 @@ class RungeKutta(Solver):
         return y0 + hx * acc
 
     def step(self, eq, t0, t1, y0, state, noise):
-        ks = self.stages(eq, t0, t1, y0)
-        return Step(self.combine(y0, ks, t1 - t0, self.tableau.b))
+        ks = self.stages(eq, t0, t1, y0, k0=state)
+        return Step(self.combine(y0, ks, t1 - t0, self.tableau.b), state=self.next_state(ks))
+
+    def next_state(self, ks):
+        """FSAL: the last stage is f(t1, y1), the next step's first stage; otherwise nothing."""
+        return ks[-1] if self.tableau.fsal else None
 
 
 class Euler(RungeKutta):

@@ -13,8 +13,8 @@ __all__ = ["image_grid", "save_image_grid"]
 def image_grid(images: torch.Tensor, data_range=(-1.0, 1.0), nrow: int | None = None, pad: int = 1,
                upscale: int = 1) -> np.ndarray:
     """Tile (N, C, H, W) images into one uint8 array (rows, cols[, C]), ``nrow`` images per row
-    (default: a square), ``pad`` pixels of white between them, each pixel repeated ``upscale``
-    times in both directions. Values are mapped from ``data_range`` to 0..255 and clipped."""
+    (default: a square), ``pad`` image pixels of white between them, every pixel (and the padding)
+    repeated ``upscale`` times in both directions. Values are mapped from ``data_range`` to 0..255 and clipped."""
     if images.dim() != 4 or images.shape[1] not in (1, 3, 4):
         raise ValueError(f"image_grid: need images (N, C, H, W) with C in (1, 3, 4), got {tuple(images.shape)}")
     lo, hi = (float(v) for v in data_range)
@@ -23,6 +23,7 @@ def image_grid(images: torch.Tensor, data_range=(-1.0, 1.0), nrow: int | None = 
     if upscale > 1:
         a = a.repeat(upscale, axis=1).repeat(upscale, axis=2)
     n, h, w, c = a.shape
+    pad = pad * upscale
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / nrow))
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)

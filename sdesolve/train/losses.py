@@ -38,8 +38,8 @@ Losses:
   so g^2 / sigma^2 = d/dt log(sigma^2 / alpha^2) = -2 d lambda/dt with lambda = log(alpha / sigma)
   the half log-SNR. Hence q is uniform in lambda: its CDF is
   F(t) = (lambda(t_min) - lambda(t)) / (lambda(t_min) - lambda(T)), Z = 2 (lambda(t_min) - lambda(T)),
-  and t = F^{-1}(u), u ~ U(0, 1), is found by bisection on F computed from ``process.sigma_edm``
-  (= exp(-lambda)), bracketed on a grid (:class:`LogSNRUniformTimes`). For VE this is uniform t,
+  and t = F^{-1}(u), u ~ U(0, 1), is computed from ``process.sigma_edm`` (= exp(-lambda)) by
+  bracketing on a grid and Newton steps (:class:`LogSNRUniformTimes`). For VE this is uniform t,
   for EDM log-uniform sigma, for VP/subVP a density ~ 1 / t near 0. With ``importance=False``
   t ~ U(t_min, T) and the weight is (T - t_min) g^2 c^2: the same I, with more variance.
 * :class:`EDMLoss` (Karras et al. 2022, Sec. 5 and Table 1): ln sigma ~ N(P_mean, P_std^2),

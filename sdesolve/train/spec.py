@@ -10,8 +10,8 @@ reading each constructor argument back from the attribute of the same name (proc
 and parametrizations keep their arguments that way) or, for a network, from its ``config`` dict.
 Time labels from :class:`sdesolve.scores.labels` are described by name (``"continuous"``,
 ``"sigma"``, ``"edm_c_noise"``, ``"discrete(1000)"``). :func:`build` inverts it, and constructs
-only subclasses of the kinds listed in ``BUILDABLE``, so a checkpoint cannot name an arbitrary
-callable.
+only subclasses of Process, Parametrization, Loss and ``nn.Module``, so a checkpoint cannot
+name an arbitrary callable (it can still name any importable module of such classes).
 """
 from __future__ import annotations
 

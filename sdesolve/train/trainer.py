@@ -11,8 +11,12 @@ One step (``step`` counts completed steps, from 0):
     lr       = lr_max min(1, (step + 1) / warmup)
     clip the global gradient norm to ``grad_clip``; AdamW step; EMA update.
 
+``history`` holds [step, mean loss of the last ``log_every`` steps] at every multiple of
+``log_every`` (rank 0's shard in data-parallel runs).
+
 Every rank holds the same generators (seeded alike, drawn alike), so rank 0's checkpoint
-restores every rank. Resuming restores weights, EMA, optimizer, all generator states and the
+restores every rank. (Dropout, off by default, draws from torch's global RNG per rank, so
+data-parallel runs with dropout match a single process only in distribution.) Resuming restores weights, EMA, optimizer, all generator states and the
 step, so a resumed run continues bit for bit on the same machine and thread count.
 
 Data-parallel runs start under ``torchrun``: with WORLD_SIZE > 1 in the environment the trainer
@@ -123,7 +127,7 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 0x9E3779B9)
-        self.step, self.history, self.resumed_from = 0, [], None
+        self.step, self.history, self.resumed_from, self.last_loss = 0, [], None, float("nan")
 
     # --- checkpoints ----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -192,7 +196,7 @@ class Trainer:
             g["lr"] = cfg.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss.compute(self.ddp, x0[shard].to(self.device), t[shard], z[shard].to(self.device))
-        value = float(loss.detach())
+        value = self.last_loss = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite loss {value} at step {self.step + 1} (rank {self.rank}); "
                                      f"lower the learning rate or check the data scaling")
@@ -222,7 +226,7 @@ class Trainer:
         while self.step < cfg.steps:
             value = self.train_step()
             running, count = running + value, count + 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0:
                 self.history.append([self.step, running / count])
                 if bar is not None:
                     bar.set_postfix(loss=f"{running / count:.4f}")

@@ -29,7 +29,7 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, shape=(2,), hidden: int = 256, depth: int = 3, emb_dim: int = 64,
+    def __init__(self, shape=(2,), hidden: int = 128, depth: int = 3, emb_dim: int = 64,
                  max_freq: float = 100.0):
         super().__init__()
         shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))

@@ -1,0 +1,215 @@
+"""DPM-Solver (Lu et al. 2022a) and DPM-Solver++ (Lu et al. 2022b): exponential integrators of
+the probability-flow ODE in the half log-SNR lambda = log(alpha / sigma).
+
+Step from t to s, h = lambda_s - lambda_t > 0, with the noise prediction eps_hat (DPM-Solver) or
+the data prediction x0_hat = D (DPM-Solver++):
+
+DPMSolver(order=k), singlestep, k model evaluations per step at points placed in lambda
+  1  x_s = (alpha_s / alpha_t) x - sigma_s (e^h - 1) eps(x, t)                       (= DDIM)
+  2  (Algorithm 1, r1 = 1/2)  s1 = t_lambda(lambda_t + h / 2),
+     u = (alpha_s1 / alpha_t) x - sigma_s1 (e^{h/2} - 1) eps(x, t),
+     x_s = (alpha_s / alpha_t) x - sigma_s (e^h - 1) eps(u, s1)
+  3  (Algorithm 2, r1 = 1/3, r2 = 2/3)  s_i = t_lambda(lambda_t + r_i h),
+     u1 = (alpha_s1 / alpha_t) x - sigma_s1 (e^{r1 h} - 1) eps_t,      D1 = eps(u1, s1) - eps_t
+     u2 = (alpha_s2 / alpha_t) x - sigma_s2 (e^{r2 h} - 1) eps_t
+          - sigma_s2 (r2 / r1) ((e^{r2 h} - 1) / (r2 h) - 1) D1,        D2 = eps(u2, s2) - eps_t
+     x_s = (alpha_s / alpha_t) x - sigma_s (e^h - 1) eps_t - (sigma_s / r2) ((e^h - 1) / h - 1) D2
+
+DPMSolverPP(order=2|3), multistep (one evaluation per step; DPM-Solver++(2M), Algorithm 2, and
+(3M) as in the authors' code), with the previous points' lambda_{-1}, lambda_{-2} and outputs
+D_{-1}, D_{-2}:  r0 = (lambda_t - lambda_{-1}) / h,  r1 = (lambda_{-1} - lambda_{-2}) / h,
+  base  x_s = (sigma_s / sigma_t) x + alpha_s (1 - e^{-h}) D_0
+  2M    + alpha_s (1 - e^{-h}) / 2 * (D_0 - D_{-1}) / r0
+  3M    + alpha_s phi_2 D1 - alpha_s phi_3 D2,  phi_2 = (e^{-h} - 1) / h + 1,
+        phi_3 = (e^{-h} - 1 + h) / h^2 - 1/2,  D1_0 = (D_0 - D_{-1}) / r0,
+        D1_1 = (D_{-1} - D_{-2}) / r1,  D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
+        D2 = (D1_0 - D1_1) / (r0 + r1)
+  The first steps warm up with the lower orders. ``lower_order_final`` (for grids of fewer than
+  15 steps, as in diffusers): the last step is first order and, for order 3, the one before is
+  second order (that one needs the grid, see :mod:`sdesolve.solvers.diffusion`). A step into
+  sigma = 0 is always first order: x_s = alpha_s D_0.
+DPMSolverPP(order=2, multistep=False): DPM-Solver++(2S) (Algorithm 1, r = 1/2), two evaluations
+  per step: u = (sigma_s1 / sigma_t) x + alpha_s1 (1 - e^{-h/2}) D(x, t),
+  x_s = (sigma_s / sigma_t) x + alpha_s (1 - e^{-h}) D(u, s1).
+DPMSolverPP(order=2, sde=True): SDE-DPM-Solver++(2M) (Lu et al. 2022b, Appendix; the "midpoint"
+  form of k-diffusion's ``sample_dpmpp_2m_sde`` with eta = 1 and of diffusers'
+  "sde-dpmsolver++"), integrating the reverse SDE:
+  x_s = (sigma_s / sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) D_0
+        + alpha_s (1 - e^{-2h}) / 2 * (D_0 - D_{-1}) / r0 + sigma_s sqrt(1 - e^{-2h}) z.
+
+Singlestep steps that end where the model is not evaluated (sigma = 0, or below t_min) are first
+order (one evaluation): DPMSolver(order=k) on N steps makes k N evaluations, k (N - 1) + 1 on a
+grid ending at sigma = 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..schedules import logsnr
+from .base import Step, per_sample
+from .diffusion import DiffusionSolver, GridPlan, StepCount, first_order_mask, point, step_order
+
+__all__ = ["DPMSolver", "DPMSolverPP", "LOWER_ORDER_FINAL_BELOW"]
+
+#: lower_order_final applies to grids with fewer steps than this (diffusers' rule)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _noise_coef(a, b, h):
+    """sigma_s (e^h - 1), written as alpha_s sigma_t / alpha_t - sigma_s where sigma_s = 0."""
+    return torch.where(b.sigma == 0, b.alpha * a.sigma / a.alpha, b.sigma * torch.expm1(h))
+
+
+class DPMSolver(DiffusionSolver):
+    """Singlestep DPM-Solver-1/2/3 with the noise prediction (Lu et al. 2022a, Algorithms 1-2).
+
+    ``order`` model evaluations per step, at intermediate points placed in lambda. The default
+    grid is uniform in lambda (the paper's "logSNR" spacing, recommended there for low-resolution
+    data; for VP models on images the paper also uses time-uniform grids: pass
+    ``schedule=sdesolve.schedules.uniform``).
+    """
+
+    default_schedule = staticmethod(logsnr)
+
+    def __init__(self, order: int = 2):
+        if order not in (1, 2, 3):
+            raise ValueError(f"DPMSolver: order must be 1, 2 or 3, got {order!r}")
+        self.order = order
+        self.nfe_per_step = order
+
+    def init(self, eq, t0, y0, t_end=None, grid=None):
+        return StepCount(self.plan(eq, t_end, grid))
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        p = eq.process
+        a, b = point(p, t0), point(p, t1)
+        h = b.lam - a.lam
+        x = y0
+        e0 = eq.eps(t0, x)
+        order = 1 if self._last_low(eq, state.plan, state.i, t1) else self.order
+
+        def first(s, e):  # (alpha_s / alpha_t) x - sigma_s (e^{h_s} - 1) e
+            return per_sample(s.alpha / a.alpha, x) * x - per_sample(_noise_coef(a, s, s.lam - a.lam), x) * e
+
+        if order == 1:
+            y = first(b, e0)
+        elif order == 2:
+            s1 = point(p, p.t_of_lam(a.lam + 0.5 * h))
+            y = first(b, eq.eps(s1.t, first(s1, e0)))
+        else:
+            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+            s1 = point(p, p.t_of_lam(a.lam + r1 * h))
+            s2 = point(p, p.t_of_lam(a.lam + r2 * h))
+            d1 = eq.eps(s1.t, first(s1, e0)) - e0
+            c2 = s2.sigma * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1.0)
+            u2 = first(s2, e0) - per_sample(c2, x) * d1
+            d2 = eq.eps(s2.t, u2) - e0
+            c3 = b.sigma / r2 * (torch.expm1(h) / h - 1.0)
+            y = first(b, e0) - per_sample(c3, x) * d2
+        return Step(y, None, replace(state, i=state.i + 1))
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _History:
+    """Multistep state: the step index, the grid plan and the last model outputs (newest last)."""
+
+    plan: GridPlan
+    i: int = 0
+    lams: tuple = ()
+    outs: tuple = ()
+
+
+def _masked(c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, torch.zeros_like(c), c)
+
+
+class DPMSolverPP(DiffusionSolver):
+    """DPM-Solver++ with the data prediction (Lu et al. 2022b): multistep (2M)/(3M) by default,
+    singlestep (2S) with ``multistep=False``, the SDE variant (2M) with ``sde=True``.
+
+    Multistep solvers make one model evaluation per step; their history (the last outputs and
+    their lambdas) travels in the state. ``lower_order_final`` follows diffusers: for grids of
+    fewer than 15 steps the last step is first order (and the one before second order, for
+    order 3).
+    """
+
+    default_schedule = staticmethod(logsnr)
+
+    def __init__(self, order: int = 2, multistep: bool = True, sde: bool = False, lower_order_final: bool = True):
+        if order not in (1, 2, 3):
+            raise ValueError(f"DPMSolverPP: order must be 1, 2 or 3, got {order!r}")
+        if not multistep and order != 2:
+            raise ValueError(f"DPMSolverPP: the singlestep variant is DPM-Solver++(2S), order 2; got order={order}")
+        if sde and (order != 2 or not multistep):
+            raise ValueError("DPMSolverPP: the SDE variant is SDE-DPM-Solver++(2M): order=2, multistep=True")
+        self.order, self.multistep, self.sde = order, bool(multistep), bool(sde)
+        self.lower_order_final = bool(lower_order_final)
+        self.stochastic = self.sde
+        self.nfe_per_step = 1 if multistep else 2
+        if self.sde:
+            self.weak_order = 1.0
+
+    def init(self, eq, t0, y0, t_end=None, grid=None):
+        plan = self.plan(eq, t_end, grid)
+        return _History(plan) if self.multistep else StepCount(plan)
+
+    def step(self, eq, t0, t1, y0, state, noise):
+        if not self.multistep:
+            return self._step_2s(eq, t0, t1, y0, state)
+        p = eq.process
+        a, b = point(p, t0), point(p, t1)
+        h = b.lam - a.lam
+        x = y0
+        d0 = eq.denoised(t0, x)
+        k = step_order(self.order, state.i, state.plan, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        k = min(k, len(state.outs) + 1)
+        mask = first_order_mask(self, state.plan, state.i, t1, b, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        if self.sde:
+            cx = b.sigma / a.sigma * torch.exp(-h)
+            c0 = -b.alpha * torch.expm1(-2.0 * h)
+        else:
+            cx = b.sigma / a.sigma
+            c0 = -b.alpha * torch.expm1(-h)
+        y = per_sample(cx, x) * x + per_sample(c0, x) * d0
+        if k >= 2:
+            r0 = (a.lam - state.lams[-1]) / h
+            d_1 = state.outs[-1]
+            if k == 2:
+                y = y + per_sample(_masked(0.5 * c0 / r0, mask), x) * (d0 - d_1)
+            else:
+                r1 = (state.lams[-1] - state.lams[-2]) / h
+                d_2 = state.outs[-2]
+                phi2 = torch.expm1(-h) / h + 1.0
+                phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
+                rr = r0 + r1
+                a0 = b.alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0
+                a1 = b.alpha * (phi3 - phi2 * r0) / (rr * r1)
+                y = (y + per_sample(_masked(a0, mask), x) * (d0 - d_1)
+                     + per_sample(_masked(a1, mask), x) * (d_1 - d_2))
+        if self.sde:
+            y = y + per_sample(b.sigma * torch.sqrt(-torch.expm1(-2.0 * h)), x) * noise.normal(x, 0)
+        keep = self.order - 1
+        lams = (state.lams + (a.lam,))[-keep:] if keep else ()
+        outs = (state.outs + (d0,))[-keep:] if keep else ()
+        return Step(y, None, replace(state, i=state.i + 1, lams=lams, outs=outs))
+
+    def _step_2s(self, eq, t0, t1, y0, state):
+        p = eq.process
+        a, b = point(p, t0), point(p, t1)
+        h = b.lam - a.lam
+        x = y0
+        d0 = eq.denoised(t0, x)
+
+        def first(s, d):  # (sigma_s / sigma_t) x + alpha_s (1 - e^{-h_s}) d
+            return (per_sample(s.sigma / a.sigma, x) * x
+                    + per_sample(-s.alpha * torch.expm1(-(s.lam - a.lam)), x) * d)
+
+        if self._last_low(eq, state.plan, state.i, t1):
+            y = first(b, d0)
+        else:
+            s1 = point(p, p.t_of_lam(a.lam + 0.5 * h))
+            y = first(b, eq.denoised(s1.t, first(s1, d0)))
+        return Step(y, None, replace(state, i=state.i + 1))

@@ -1,0 +1,135 @@
+"""UniPC (Zhao et al. 2023): a unified predictor-corrector for diffusion ODEs, data prediction.
+
+With the data prediction m = D(x, t) in lambda = log(alpha / sigma), a step from t (point s0) to
+s with h = lambda_s - lambda_s0 and earlier points s_k (k = 1..p-1), r_k = (lambda_{s_k} -
+lambda_s0) / h, D1_k = (m_k - m_0) / r_k:
+
+UniP-p (predictor, Algorithm 2 of the paper in the B(h) form):
+    x_s = (sigma_s / sigma_s0) x - alpha_s (e^{-h} - 1) m_0 - alpha_s B(h) sum_k a_k D1_k
+UniC-p (corrector, no extra evaluation: it uses m_s = D(x_s^pred, s), the model output of the
+next step, with r_p = 1 and D1_p = m_s - m_0):
+    x_s^c = (sigma_s / sigma_s0) x - alpha_s (e^{-h} - 1) m_0 - alpha_s B(h) sum_{k<=p} c_k D1_k
+where, with hh = -h, g_1 = (e^{hh} - 1) / hh - 1, g_{i+1} = g_i / hh - 1/(i+1)!, the weights
+solve  sum_k a_k r_k^{i-1} = i! g_i / B(h)  (i = 1..p-1 for the predictor; i = 1..p with c for
+the corrector), except a_1 = 1/2 for UniP-2 and c_1 = 1/2 for UniC-1 (the paper's simplified
+choices). B(h) = hh ("bh1") or e^{hh} - 1 ("bh2").
+
+The evaluation at the predicted point serves both the corrector of the step that produced it
+and the next predictor; the corrected point replaces the prediction as the state, while the
+history keeps the model outputs at the predicted points (as in the paper and diffusers). The
+last step has no corrector. UniPC-p (UniP-p + UniC-p) has order of accuracy p + 1 where
+the corrector runs. Steps warm up with lower orders; ``lower_order_final`` caps step i's order at
+N - i (the last step first order, the one before second order: this needs the grid when
+p = 3); ``disable_corrector`` lists step indices whose result is not corrected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..schedules import logsnr
+from .base import Step, per_sample
+from .diffusion import DiffusionSolver, GridPlan, first_order_mask, point, step_order
+
+__all__ = ["UniPC"]
+
+_VARIANTS = ("bh1", "bh2")
+
+
+@dataclass(frozen=True)
+class _UniState:
+    plan: GridPlan
+    i: int = 0
+    lams: tuple = ()   # lambdas of the last points (newest last)
+    outs: tuple = ()   # model outputs at those points (at the predicted points)
+    x_prev: torch.Tensor | None = None  # the (corrected) point the last predictor started from
+    t_prev: torch.Tensor | None = None  # its time
+    order_prev: int = 0  # the order of the last predictor
+
+
+def _weights(h: torch.Tensor, n: int, variant: str):
+    """(B(h), e^{-h} - 1, [b_1..b_n]) per sample, b_i = i! g_i / B(h)."""
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    B_h = hh if variant == "bh1" else torch.expm1(hh)
+    b, g, fact = [], h_phi_1 / hh - 1.0, 1
+    for i in range(1, n + 1):
+        b.append(g * fact / B_h)
+        fact *= i + 1
+        g = g / hh - 1.0 / fact
+    return B_h, h_phi_1, b
+
+
+def _solve(rks: list, b: list) -> list:
+    """Per-sample solution c of sum_k c_k r_k^{i-1} = b_i (i = 1..n), n = len(rks)."""
+    n = len(rks)
+    R = torch.stack([torch.stack([r ** (i - 1) for r in rks], -1) for i in range(1, n + 1)], -2)  # (B, n, n)
+    rhs = torch.stack(b[:n], -1).unsqueeze(-1)
+    return list(torch.linalg.solve(R, rhs).squeeze(-1).unbind(-1))
+
+
+class UniPC(DiffusionSolver):
+    """UniPC-p with the data prediction, B(h) = ``variant`` ("bh1": h, "bh2": e^h - 1).
+
+    One model evaluation per step: N steps cost N evaluations. The multistep history, the point
+    the last predictor started from and its order are in the state.
+    """
+
+    default_schedule = staticmethod(logsnr)
+
+    def __init__(self, order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
+                 disable_corrector: tuple = ()):
+        if order not in (1, 2, 3):
+            raise ValueError(f"UniPC: order must be 1, 2 or 3, got {order!r}")
+        if variant not in _VARIANTS:
+            raise ValueError(f"UniPC: variant must be one of {_VARIANTS} (the B(h) of the paper), got {variant!r}")
+        self.order, self.variant = order, variant
+        self.lower_order_final = bool(lower_order_final)
+        self.disable_corrector = tuple(int(i) for i in disable_corrector)
+
+    def init(self, eq, t0, y0, t_end=None, grid=None):
+        return _UniState(self.plan(eq, t_end, grid))
+
+    def step(self, eq, t0, t1, y0, state: _UniState, noise):
+        p = eq.process
+        here, there = point(p, t0), point(p, t1)
+        m = eq.denoised(t0, y0)
+        x = y0
+        if state.i > 0 and (state.i - 1) not in self.disable_corrector:
+            x = self._uni_c(p, state, here, m)
+        lams = (state.lams + (here.lam,))[-self.order:]
+        outs = (state.outs + (m,))[-self.order:]
+        k = step_order(self.order, state.i, state.plan, self.lower_order_final, None)
+        mask = first_order_mask(self, state.plan, state.i, t1, there, self.lower_order_final, None)
+        y = self._uni_p(here, there, x, lams, outs, k, mask)
+        return Step(y, None, replace(state, i=state.i + 1, lams=lams, outs=outs, x_prev=x, t_prev=t0, order_prev=k))
+
+    def _uni_p(self, a, b, x, lams, outs, order, mask):
+        h = b.lam - a.lam
+        m0 = outs[-1]
+        y = per_sample(b.sigma / a.sigma, x) * x + per_sample(-b.alpha * torch.expm1(-h), x) * m0
+        if order >= 2:
+            h = torch.where(mask, torch.ones_like(h), h)  # masked samples (first order): any finite h
+            rks = [(lams[-1 - k] - a.lam) / h for k in range(1, order)]
+            B_h, _, bs = _weights(h, order, self.variant)
+            rhos = [torch.full_like(h, 0.5)] if order == 2 else _solve(rks, bs[:order - 1])
+            for k in range(1, order):
+                c = -b.alpha * B_h * rhos[k - 1] / rks[k - 1]
+                c = torch.where(mask, torch.zeros_like(c), c)
+                y = y + per_sample(c, x) * (outs[-1 - k] - m0)
+        return y
+
+    def _uni_c(self, p, state: _UniState, here, m_t):
+        """UniC for the last step (from the previous point s0 to here), with m_t the output here."""
+        order = state.order_prev
+        a = point(p, state.t_prev)
+        h = here.lam - a.lam
+        x, m0 = state.x_prev, state.outs[-1]
+        rks = [(state.lams[-1 - k] - a.lam) / h for k in range(1, order)]
+        B_h, h_phi_1, bs = _weights(h, order, self.variant)
+        rhos = [torch.full_like(h, 0.5)] if order == 1 else _solve(rks + [torch.ones_like(h)], bs)
+        y = per_sample(here.sigma / a.sigma, x) * x + per_sample(-here.alpha * h_phi_1, x) * m0
+        for k in range(1, order):
+            y = y + per_sample(-here.alpha * B_h * rhos[k - 1] / rks[k - 1], x) * (state.outs[-1 - k] - m0)
+        return y + per_sample(-here.alpha * B_h * rhos[-1], x) * (m_t - m0)
