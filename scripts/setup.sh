@@ -11,6 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's notes about unreachable local index folders are noise here; real errors still show
+pip() { command pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 if ! python -c "import torch" >/dev/null 2>&1; then
     pip install -q "torch==2.13.0"
 fi

@@ -4,7 +4,8 @@ Criteria: component proportions within binomial 4-sigma bounds, and the sliced W
 distance to an exact reference set within 1.5x the two-exact-sets floor at the same sizes.
 
 The SW of one set of N exact samples against the reference fluctuates with a relative standard
-deviation of about 0.47 (measured over 30 seeds at N = 5000), so a single draw against 1.5x its
+deviation of about 0.47 (measured over 30 seeds at N = 5000; it does not shrink with N, the
+mean does), so a single draw against 1.5x its
 mean would fail a perfect sampler about 15% of the time. Both the sampler's SW and the floor are
 therefore averaged over R = 8 independent sets of N samples (one batch of R N samples, split),
 which brings the relative sd to 0.47 / sqrt(8) = 0.17: 1.5x sits three standard deviations out.
@@ -18,7 +19,7 @@ import sdesolve as sds
 from sdesolve.metrics import sliced_wasserstein
 
 GM = sds.GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2])
-R, N, M, PROJ = 8, 2000, 20000, 256
+R, N, M, PROJ = 8, 1000, 20000, 256
 REF = GM.sample(M, torch.Generator().manual_seed(123))
 
 
@@ -50,7 +51,10 @@ def _check(x, floor, w):
     return props, sw
 
 
-PROCESSES = [sds.VPSDE(), sds.VESDE(sigma_min=0.01, sigma_max=10.0)]
+# VE with score_sde's sigma_max = 50: at sigma_max = 10 the prior N(0, 10^2) differs enough from
+# p_T (the data spread is ~2.5) for the deterministic probability-flow map to carry the mismatch
+# into the samples (SW 1.6x the floor with RK4 at 100 and at 200 steps alike)
+PROCESSES = [sds.VPSDE(), sds.VESDE(sigma_min=0.01, sigma_max=50.0)]
 SAMPLERS = [
     (sds.EulerMaruyama(), 1000),
     (sds.ReverseDiffusion(), 1000),
@@ -99,7 +103,7 @@ def test_nonfinite_score_names_step_time_and_samples():
 
     def bad(x, t):
         s = exact(x, t)
-        s[3:5] = torch.where(t[3:5, None] < 0.5, float("nan"), s[3:5])
+        s[3:5] = torch.where(t[3:5, None] < 0.55, float("nan"), s[3:5])  # grid 1, 0.9001, ..: step 5 starts at 0.5005
         return s
 
     with pytest.raises(sds.NonFiniteError) as e:
@@ -126,7 +130,9 @@ def test_times_outside_range_and_steps():
     with pytest.raises(ValueError, match=r"outside \[t_min, T\]"):
         sds.sample(p, sc, sds.Euler(), shape=(4, 2), schedule=torch.tensor([1.2, 0.5, 0.01]))
     with pytest.raises(ValueError, match=r"outside \[t_min, T\]"):
-        sds.solve(p.probability_flow(sc), torch.zeros(4, 2), 1.0, 1e-4, sds.Euler(), steps=3)
+        sds.solve(p.probability_flow(sc), torch.zeros(4, 2), 1.2, 0.01, sds.Euler(), steps=3)
+    with pytest.raises(ValueError, match=r"outside \[t_min, T\]"):  # inner points below t_min
+        sds.sample(p, sc, sds.Euler(), shape=(4, 2), schedule=torch.tensor([1.0, 1e-4, 0.0]))
     with pytest.raises(ValueError, match="integer >= 1"):
         sds.sample(p, sc, sds.Euler(), shape=(4, 2), steps=0)
     with pytest.raises(TypeError, match="integrates SDEs"):

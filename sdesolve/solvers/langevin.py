@@ -12,23 +12,26 @@ AnnealedLangevin           NCSN sampling (Song & Ermon 2019, Alg. 1, in the form
                            code): at each noise level sigma_i, n_steps updates
                            x += a_i s + sqrt(2 a_i) z with a_i = step_lr sigma_i^2 / sigma_L^2,
                            and the 2020 paper's techniques for choosing sigmas and step_lr
+
+Each Langevin update is one fused call of :mod:`sdesolve.kernels`: the realized-norm rule is
+``langevin_step`` (per-sample norms and update, the same z in both, drawn in-kernel on CUDA),
+the expected-norm rule and annealed Langevin are ``affine_noise_step`` with per-sample
+coefficients (a = 1, b = eps, c = sqrt(2 eps)).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 
-from .base import Solver, Step, per_sample
+from ..kernels import affine_noise_step, langevin_step, langevin_step_size, noise_source
+from .base import Solver, Step
 
 __all__ = ["Langevin", "PredictorCorrector", "AnnealedLangevin"]
 
 #: predictors use noise draws below this; corrector iteration j uses draw CORRECTOR_DRAW + j
 CORRECTOR_DRAW = 16
-
-
-def _norms(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).to(torch.float64).norm(dim=1)
 
 
 class Langevin:
@@ -38,7 +41,9 @@ class Langevin:
     so a sample's result does not depend on its batch. In high dimension ||z_b|| and ||s_b||
     concentrate and the rule is effectively deterministic; in low dimension ||s_b|| -> 0 near a
     mode makes eps_b heavy-tailed and, since it depends on x, the corrector no longer leaves p_t
-    invariant: use ``expected_norms=True`` there (eps = 2 alpha snr^2 sigma_t^2).
+    invariant: use ``expected_norms=True`` there (eps = 2 alpha snr^2 sigma_t^2). A sample whose
+    score is exactly zero takes no step (eps_b = 0). The norms are summed in float32 for float32
+    and half-precision states, in float64 for float64 states.
     """
 
     def __init__(self, snr: float = 0.16, n_steps: int = 1, expected_norms: bool = False):
@@ -49,18 +54,22 @@ class Langevin:
         self.snr, self.n_steps, self.expected_norms = float(snr), int(n_steps), bool(expected_norms)
 
     def step_size(self, eq, t, dt, s, z):
+        """The per-sample step size eps (B,) for score s and normal draw z at times t."""
         alpha = eq.process.langevin_alpha(t, dt)
         if self.expected_norms:
             return 2.0 * alpha * self.snr**2 * eq.process.sigma(t) ** 2
-        ratio = self.snr * _norms(z) / _norms(s).clamp_min(1e-30)
-        return 2.0 * alpha * ratio**2
+        return langevin_step_size(s, self.snr, alpha, z=z)
 
     def correct(self, eq, t, dt, x, noise):
         for j in range(self.n_steps):
             s = eq.score_at(t, x)
-            z = noise.normal(x, CORRECTOR_DRAW + j)
-            eps = self.step_size(eq, t, dt, s, z)
-            x = x + per_sample(eps, x) * s + per_sample(torch.sqrt(2.0 * eps), x) * z
+            src = noise_source(noise, x, CORRECTOR_DRAW + j)
+            alpha = eq.process.langevin_alpha(t, dt)
+            if self.expected_norms:
+                eps = 2.0 * alpha * self.snr**2 * eq.process.sigma(t) ** 2
+                x = affine_noise_step(x, 1.0, s, eps, torch.sqrt(2.0 * eps), **src)
+            else:
+                x = langevin_step(x, s, self.snr, alpha, **src)
         return x
 
     def __repr__(self):
@@ -81,9 +90,10 @@ class PredictorCorrector(Solver):
         self.order = predictor.order
         self.nfe_per_step = predictor.nfe_per_step + self.corrector.n_steps
         self.default_schedule = predictor.default_schedule
+        self.uses_grid = predictor.uses_grid
 
-    def init(self, eq, t0, y0, t_end=None):
-        return self.predictor.init(self._pred_eq(eq), t0, y0, t_end)
+    def init(self, eq, t0, y0, t_end=None, **plan):
+        return self.predictor.init(self._pred_eq(eq), t0, y0, t_end, **plan)
 
     def _pred_eq(self, eq):
         if self.predictor.stochastic or not eq.is_sde:
@@ -104,14 +114,27 @@ class PredictorCorrector(Solver):
         return out
 
 
+@dataclass(frozen=True)
+class _Annealing:
+    """AnnealedLangevin's state: the end times (B,), the number of steps (None when the grid is
+    not known) and the index of the next step."""
+
+    t_end: torch.Tensor | None
+    steps: int | None = None
+    i: int = 0
+
+
 class AnnealedLangevin(Solver):
     """Annealed Langevin dynamics (NCSN). Step i of the grid (t_i -> t_{i+1}) runs ``n_steps``
     Langevin updates at the noise level sigma(t_{i+1}); sigma_L is the level at the grid's end.
     With ``denoise=True`` the last step ends with x + sigma_L^2 s(x, sigma_L) (NCSNv2's final
-    denoising, one more evaluation)."""
+    denoising, one more evaluation). Given the grid (``init(..., grid=)``, as ``solve`` does) the
+    last step is known by its index; without it, by comparing t1 with the end times (a host
+    synchronisation per step)."""
 
     stochastic = True
     needs_process = True
+    uses_grid = True
 
     def __init__(self, n_steps: int = 5, step_lr: float = 2e-5, denoise: bool = True):
         if n_steps < 1:
@@ -119,12 +142,14 @@ class AnnealedLangevin(Solver):
         self.n_steps, self.step_lr, self.denoise = int(n_steps), float(step_lr), bool(denoise)
         self.nfe_per_step = self.n_steps
 
-    def init(self, eq, t0, y0, t_end=None):
-        return t_end
+    def init(self, eq, t0, y0, t_end=None, grid=None):
+        return _Annealing(t_end, None if grid is None else torch.as_tensor(grid).numel() - 1)
 
     def step(self, eq, t0, t1, y0, state, noise):
         p = eq.process
-        t_end = state if state is not None else t1
+        if not isinstance(state, _Annealing):  # stepped without init: the end times, or None
+            state = _Annealing(state)
+        t_end = state.t_end if state.t_end is not None else t1
         sig = p.sigma_edm(t1)
         a = self.step_lr * sig**2 / p.sigma_edm(t_end) ** 2
         x = y0
@@ -132,10 +157,12 @@ class AnnealedLangevin(Solver):
             s = eq.score_at(t1, x)
             alpha = p.alpha(t1)
             # the score of p_t in x is that of the VE-scaled variable divided by alpha
-            x = x + per_sample(a * alpha**2, x) * s + per_sample(torch.sqrt(2.0 * a) * alpha, x) * noise.normal(x, j)
-        if self.denoise and bool((t1 == t_end).all()):
-            x = eq.denoised(t1, x)
-        return Step(x, state=state)
+            x = affine_noise_step(x, 1.0, s, a * alpha**2, torch.sqrt(2.0 * a) * alpha, **noise_source(noise, x, j))
+        if self.denoise:
+            last = state.i == state.steps - 1 if state.steps is not None else bool((t1 == t_end).all())
+            if last:
+                x = eq.denoised(t1, x)
+        return Step(x, state=replace(state, i=state.i + 1))
 
     # --- Song & Ermon 2020, "Improved techniques for training score-based generative models" ---
     @staticmethod
@@ -147,21 +174,32 @@ class AnnealedLangevin(Solver):
     @staticmethod
     def sigma_ratio(dim: int) -> float:
         """Technique 2: the ratio gamma = sigma_{i-1}/sigma_i with
-        Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) = 1/2."""
+        Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) = 1/2.
+        The left side falls from Phi(3) - Phi(-3) at gamma = 1 to 0 only when sqrt(2D) > 3, so
+        the technique needs D >= 5 (it was made for images)."""
+        if 2 * dim <= 9:
+            raise ValueError(f"Technique 2 has no solution in {dim} dimensions (needs sqrt(2D) > 3, i.e. D >= 5); "
+                             "choose the noise levels directly")
         Phi = lambda v: 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
         r = lambda g: Phi(math.sqrt(2 * dim) * (g - 1) + 3 * g) - Phi(math.sqrt(2 * dim) * (g - 1) - 3 * g) - 0.5
-        lo, hi = 1.0 + 1e-12, 100.0
-        for _ in range(200):  # r decreases from ~+0.5 at gamma -> 1 to -0.5
+        lo, hi = 1.0, 2.0
+        while r(hi) > 0:
+            hi = 1.0 + 2.0 * (hi - 1.0)
+        for _ in range(200):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if r(mid) > 0 else (lo, mid)
         return 0.5 * (lo + hi)
 
     @classmethod
-    def noise_levels(cls, sigma_max: float, sigma_min: float, dim: int) -> torch.Tensor:
-        """Geometric sigmas from sigma_max down to sigma_min with Technique 2's ratio."""
-        g = cls.sigma_ratio(dim)
+    def noise_levels(cls, sigma_max: float, sigma_min: float, dim: int | None = None,
+                     ratio: float | None = None) -> torch.Tensor:
+        """Geometric sigmas from sigma_max down to sigma_min, with Technique 2's ratio for ``dim``
+        dimensions (or a given ``ratio``)."""
+        g = ratio if ratio is not None else cls.sigma_ratio(dim)
         L = max(2, int(math.ceil(math.log(sigma_max / sigma_min) / math.log(g))) + 1)
-        return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), L, dtype=torch.float64))
+        s = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), L, dtype=torch.float64))
+        s[0], s[-1] = sigma_max, sigma_min
+        return s
 
     @staticmethod
     def variance_ratio(step_lr: float, n_steps: int, gamma: float, sigma_min: float) -> float:
@@ -173,7 +211,9 @@ class AnnealedLangevin(Solver):
 
     @classmethod
     def step_size(cls, n_steps: int, gamma: float, sigma_min: float) -> float:
-        """Technique 4: the step_lr that makes the variance ratio closest to 1."""
+        """Technique 4: the step_lr that makes the variance ratio closest to 1. The ratio is at
+        least 1 (v >= 1 and gamma > 1): small steps leave the start variance gamma^2, large ones
+        overshoot through v, so this is the minimiser over step_lr in (0, sigma_L^2)."""
         lo, hi = math.log(1e-12 * sigma_min**2), math.log(0.999 * sigma_min**2)
         grid = torch.linspace(lo, hi, 4001, dtype=torch.float64).exp()
         err = torch.tensor([abs(cls.variance_ratio(float(e), n_steps, gamma, sigma_min) - 1.0) for e in grid])
