@@ -22,6 +22,15 @@ points (Gaussian data, whose score -x is exact), with the drift from PyTorch ops
 fused (Triton update), torch.compile of the eager step, and the fused step captured in a CUDA
 graph.
 
+The sampling figures are steps per second of whole ``sdesolve.sample`` calls (x_T given, the
+loop as users run it, non-finite check included) for (a) 1M 2-D points with the exact score of
+a 3-component Gaussian mixture (held on the device) and (b) a small U-Net
+(``sdesolve.train.models.UNet``, 1 x 8 x 8, ch 64, randomly initialised, eps-parametrised):
+eager with the fused updates, eager with the ``*_ref`` updates (``SDESOLVE_KERNELS=torch``), and
+``cuda_graph=True`` (the whole loop captured once, then replayed; the first call, warm-up plus
+capture, is reported separately as ``first_call_s``). Each rate is steps x calls / wall time
+over ``--sample-reps`` calls after a first one.
+
 Without CUDA it measures nothing, says so, writes ``{"skipped": ...}`` to ``--out`` and exits 0.
 The pytest-benchmark functions at the end run the em_step comparison at 16M elements
 (``pytest benchmarks/bench_kernels.py -m gpu``).
@@ -44,9 +53,11 @@ try:
 except ImportError:  # the script runs without pytest
     pytest = None
 
-from sdesolve.kernels import (affine_noise_step, affine_noise_step_ref, em_step, em_step_ref, langevin_step,
+import sdesolve as sds
+from sdesolve.kernels import (ENV_VAR, affine_noise_step, affine_noise_step_ref, em_step, em_step_ref, langevin_step,
                               langevin_step_ref, rk_combine, rk_combine_ref)
 from sdesolve.noise import Noise
+from sdesolve.solve import clear_cuda_graphs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLES = 64
@@ -301,6 +312,111 @@ def _graph_loop(step_fn, B, steps, device):
     return steps / (time.perf_counter() - t0)
 
 
+# --- whole sampling loops through sdesolve.sample --------------------------------------------------------
+
+#: a 2-D mixture: weights, means, isotropic variances
+MIXTURE = ([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2])
+
+
+def mixture_score(process, device, weights=MIXTURE[0], means=MIXTURE[1], variances=MIXTURE[2]):
+    """Exact score of sum_k w_k N(mu_k, v_k I) under ``process``, every tensor on ``device``:
+    p_t = sum_k w_k N(alpha mu_k, c_k I), c_k = alpha^2 v_k + sigma^2, and
+    score = sum_k r_k (alpha mu_k - x) / c_k with r_k the posterior weights (float64 inside)."""
+    logw = torch.log(torch.tensor(weights, dtype=torch.float64) / sum(weights)).to(device)
+    mu = torch.tensor(means, dtype=torch.float64).to(device)
+    var = torch.tensor(variances, dtype=torch.float64).to(device)
+    D = mu.shape[1]
+
+    def score(x, t):
+        a, s = process.marginal(t)
+        c = a[:, None] ** 2 * var[None] + (s**2)[:, None]
+        diff = a[:, None, None] * mu[None] - x.to(torch.float64)[:, None, :]
+        logp = logw[None] - 0.5 * (diff * diff).sum(-1) / c - 0.5 * D * torch.log(c)
+        r = torch.softmax(logp, dim=1)
+        return ((r / c)[..., None] * diff).sum(1).to(x.dtype)
+
+    return sds.Score(score, process)
+
+
+def unet_score(process, device):
+    """A randomly initialised small U-Net (the 8 x 8 digits configuration) as an eps model; its
+    zero-initialised output convolutions get small random weights so that it computes something."""
+    from sdesolve.train.models import UNet
+
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, ch=64, mult=(1, 2, 2), blocks=2, attn=(4,), resolution=8).to(device).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and not bool(m.weight.detach().abs().max() > 0):
+            torch.nn.init.normal_(m.weight, std=0.02)
+    return sds.Score.from_eps(model, process), model
+
+
+def _variant(process, score, solver, x_T, steps, reps, device, cuda_graph, kernels):
+    """{steps_per_s, first_call_s} of ``reps`` sample calls after a first one."""
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = kernels
+    try:
+        def call(seed):
+            return sds.sample(process, score, solver, x_T=x_T, steps=steps, seed=seed, cuda_graph=cuda_graph).y
+
+        t0 = time.perf_counter()
+        call(0)
+        _sync(device)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for r in range(reps):
+            call(r + 1)
+        _sync(device)
+        return {"steps_per_s": steps * reps / (time.perf_counter() - t0), "first_call_s": first}
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def bench_sampling(points: int, steps: int, unet_batch: int, unet_steps: int, reps: int, device) -> list:
+    """Whole ``sample`` loops: eager (fused / *_ref updates) and cuda_graph=True, see the module doc."""
+    process = sds.VPSDE()
+    rows = []
+    solvers = {
+        "EulerMaruyama": sds.EulerMaruyama(),
+        "PC(ReverseDiffusion, Langevin)": sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 1)),
+        "DDIM(eta=1)": sds.DDIM(1.0),
+        "DPMSolverPP(2)": sds.DPMSolverPP(2),
+    }
+    gen = torch.Generator(device=device).manual_seed(0)
+    cases = [("gmm_2d", mixture_score(process, device), (points, 2), steps, list(solvers))]
+    unet, _model = unet_score(process, device)
+    cases.append(("unet_8x8", unet, (unet_batch, 1, 8, 8), unet_steps, ["EulerMaruyama", "DPMSolverPP(2)"]))
+    variants = [("fused", False, "auto"), ("ref", False, "torch")]
+    if device.type == "cuda":
+        variants.append(("fused_graph", True, "auto"))
+    with torch.inference_mode():
+        for case, score, shape, n, names in cases:
+            x_T = torch.randn(shape, generator=gen, device=device)
+            for name in names:
+                row = {"case": case, "shape": list(shape), "steps": n, "solver": name}
+                for label, graph, kernels in variants:
+                    res, err = _attempt(lambda: _variant(process, score, solvers[name], x_T, n, reps, device, graph,
+                                                         kernels))
+                    if err:
+                        row[f"{label}_error"] = err
+                    else:
+                        row[f"{label}_steps_per_s"] = res["steps_per_s"]
+                        row[f"{label}_first_call_s"] = res["first_call_s"]
+                if row.get("fused_graph_steps_per_s") and row.get("fused_steps_per_s"):
+                    row["graph_speedup"] = row["fused_graph_steps_per_s"] / row["fused_steps_per_s"]
+                if row.get("ref_steps_per_s") and row.get("fused_steps_per_s"):
+                    row["fused_speedup_vs_ref"] = row["fused_steps_per_s"] / row["ref_steps_per_s"]
+                rows.append(row)
+                print("sample", json.dumps(row))
+            if device.type == "cuda":
+                clear_cuda_graphs()
+                torch.cuda.empty_cache()
+    return rows
+
+
 # --- the command -----------------------------------------------------------------------------------------
 
 def _parse_size(text: str) -> int:
@@ -343,6 +459,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ref-max", default="16M", help="largest size at which *_ref is timed")
     parser.add_argument("--loop-points", default="1M")
     parser.add_argument("--loop-steps", type=int, default=200)
+    parser.add_argument("--sample-points", default="1M", help="2-D points of the mixture sampling loops")
+    parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--unet-batch", type=int, default=256)
+    parser.add_argument("--unet-steps", type=int, default=50)
+    parser.add_argument("--sample-reps", type=int, default=5, help="timed sample calls after the first")
+    parser.add_argument("--sections", default="sizes,loop,sampling",
+                        help="comma separated, of sizes (per-update GB/s), loop (hand-written EM loop), "
+                             "sampling (sdesolve.sample loops with and without CUDA graphs)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparisons")
     parser.add_argument("--device", default="cuda",
                         help="cuda (default); cpu only checks this script (with TRITON_INTERPRET=1 and "
@@ -361,8 +485,9 @@ def main(argv=None) -> int:
     dynamo.config.cache_size_limit = 256
     if hasattr(dynamo.config, "recompile_limit"):
         dynamo.config.recompile_limit = 256
-    result = {"environment": environment(line, device), "sizes": [], "loop": None}
-    for name in args.dtypes.split(","):
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    result = {"environment": environment(line, device), "sizes": [], "loop": None, "sampling": None}
+    for name in args.dtypes.split(",") if "sizes" in sections else ():
         dtype = DTYPES[name.strip()]
         for size in args.sizes.split(","):
             n = _parse_size(size)
@@ -372,12 +497,20 @@ def main(argv=None) -> int:
             result["sizes"].append(row)
             _report(row)
             _write(args.out, result)
-    points = _parse_size(args.loop_points)
-    result["loop"], err = _attempt(lambda: bench_loop(points, args.loop_steps, device, not args.no_compile))
-    if err:
-        result["loop"] = {"error": err}
-    print("loop", json.dumps(result["loop"]))
-    _write(args.out, result)
+    if "loop" in sections:
+        points = _parse_size(args.loop_points)
+        result["loop"], err = _attempt(lambda: bench_loop(points, args.loop_steps, device, not args.no_compile))
+        if err:
+            result["loop"] = {"error": err}
+        print("loop", json.dumps(result["loop"]))
+        _write(args.out, result)
+    if "sampling" in sections:
+        result["sampling"], err = _attempt(lambda: bench_sampling(
+            _parse_size(args.sample_points), args.sample_steps, args.unet_batch, args.unet_steps, args.sample_reps,
+            device))
+        if err:
+            result["sampling"] = {"error": err}
+        _write(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

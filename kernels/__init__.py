@@ -13,9 +13,13 @@ langevin_step               x + eps s + sqrt(2 eps) z, eps = 2 alpha (snr |z| / 
 rk_combine                  y0 + dt sum b_i k_i and the embedded error norm
 ==========================  ============================================================
 
+Solvers pass their noise through :func:`noise_source`: a counter-based Noise is regenerated
+in-kernel, any other source of normals is drawn first and passed as ``z``.
+
 triton is imported lazily, only when a call takes a kernel.
 """
 from .affine import affine_noise_step, affine_noise_step_ref, reverse_diffusion_step, reverse_diffusion_step_ref
+from .common import noise_source
 from .dispatch import ENV_VAR, interpreter_active, kernel_mode
 from .em import em_step, em_step_ref
 from .langevin import langevin_step, langevin_step_ref, langevin_step_size, langevin_step_size_ref
@@ -35,6 +39,7 @@ __all__ = [
     "rk_combine",
     "rk_combine_ref",
     "MAX_FUSED_STAGES",
+    "noise_source",
     "ENV_VAR",
     "kernel_mode",
     "interpreter_active",

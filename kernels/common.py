@@ -27,6 +27,7 @@ __all__ = [
     "check_draw",
     "check_noise",
     "noise_ref",
+    "noise_source",
     "TileGeometry",
     "tile_geometry",
 ]
@@ -66,7 +67,8 @@ def column(value, x: torch.Tensor, dtype: torch.dtype, name: str, where: str) ->
     """A per-sample coefficient as a ``(B, 1, ..., 1)`` tensor in ``dtype`` broadcasting against x."""
     value = _check_per_sample(value, x.shape[0], name, where)
     if not isinstance(value, torch.Tensor):
-        return torch.tensor(value, dtype=dtype, device=x.device)
+        # a fill on the device, not a host-to-device copy: capturable in a CUDA graph
+        return torch.full((), value, dtype=dtype, device=x.device)
     value = value.to(device=x.device, dtype=dtype)
     shape = (-1,) + (1,) * (x.dim() - 1)
     return value.reshape(-1).reshape(shape) if value.numel() != 1 else value.reshape((1,) * x.dim())
@@ -131,6 +133,21 @@ def noise_ref(noise, draw: int, z, x: torch.Tensor, dtype: torch.dtype) -> torch
         return z.to(dtype)
     like = torch.empty(x.shape, dtype=dtype, device=x.device)
     return noise.normal(like, draw)
+
+
+def noise_source(noise, like: torch.Tensor, draw: int) -> dict:
+    """The noise arguments of a fused update for draw ``draw`` of ``noise``, shaped like ``like``.
+
+    A counter-based :class:`sdesolve.noise.Noise` gives ``{"noise": noise, "draw": draw}``: the
+    kernels regenerate its numbers in-kernel (the same numbers as ``noise.normal(like, draw)``).
+    Any other source of normals (a Noise subclass that overrides ``normal``, a recorded Brownian
+    path, anything with a ``normal(like, draw)`` method) gives ``{"z": noise.normal(like, draw)}``.
+    """
+    from ..noise import Noise
+
+    if isinstance(noise, Noise) and type(noise).normal is Noise.normal:
+        return {"noise": noise, "draw": draw}
+    return {"z": noise.normal(like, draw)}
 
 
 def _next_pow2(n: int) -> int:

@@ -74,6 +74,14 @@ class DiscreteVP(Process):
         return _t(timestep) / (self.N - 1)
 
     # --- the marginal -----------------------------------------------------------------------------
+    def _table(self, name: str, device) -> torch.Tensor:
+        """A knot table on ``device``, copied there once (no host-to-device copy per step)."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (name, device)
+        if key not in cache:
+            cache[key] = getattr(self, name).to(device)
+        return cache[key]
+
     def _segment(self, t: torch.Tensor):
         u = t * (self.N - 1)
         k = torch.clamp(torch.floor(u), 0, self.N - 2).to(torch.int64)
@@ -81,13 +89,13 @@ class DiscreteVP(Process):
 
     def lam(self, t) -> torch.Tensor:
         t = _t(t)
-        lam = self._lam.to(t.device)
+        lam = self._table("_lam", t.device)
         k, w = self._segment(t)
         return lam[k] + w * (lam[k + 1] - lam[k])
 
     def t_of_lam(self, lam) -> torch.Tensor:
         lam = _t(lam)
-        table = self._lam.to(lam.device)
+        table = self._table("_lam", lam.device)
         # -lambda is increasing in the knot index: the segment [k, k+1] holds -lambda's position
         k = torch.searchsorted(-table, (-lam).contiguous(), right=True) - 1
         k = torch.clamp(k, 0, self.N - 2)
@@ -104,7 +112,7 @@ class DiscreteVP(Process):
     def f(self, t) -> torch.Tensor:
         t = _t(t)
         k, _ = self._segment(t)
-        return self.sigma(t) ** 2 * self._slope.to(t.device)[k]
+        return self.sigma(t) ** 2 * self._table("_slope", t.device)[k]
 
     def g2(self, t) -> torch.Tensor:
         return -2.0 * self.f(t)

@@ -93,7 +93,7 @@ class SDE(Equation):
     def diffusion(self, t, x):
         g = self._diffusion(t, x)
         if not isinstance(g, torch.Tensor):
-            g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
+            g = torch.full((), float(g), dtype=x.dtype, device=x.device)
         if g.dim() == 1 and g.shape[0] == x.shape[0] and x.dim() > 1:
             g = _per_sample(g, x)
         return g

@@ -51,6 +51,7 @@ class GaussianMixture:
         self.weights, self.means, self.covs = w / w.sum(), mu, v
         self._lam, self._U = lam, U
         self.K, self.D = K, D
+        self._on_device = {}
 
     # ---------------------------------------------------------------------------------------------
     def __repr__(self):
@@ -58,6 +59,13 @@ class GaussianMixture:
 
     def component(self, k: int) -> "GaussianMixture":
         return GaussianMixture(self.weights[k:k + 1], self.means[k:k + 1], self.covs[k:k + 1])
+
+    def _tensors(self, device):
+        """(U, eigenvalues, means, log weights) on ``device``, copied once per device."""
+        if device not in self._on_device:
+            self._on_device[device] = (self._U.to(device), self._lam.to(device), self.means.to(device),
+                                       torch.log(self.weights).to(device))
+        return self._on_device[device]
 
     def _at(self, x: torch.Tensor, t, process):
         """Whitened residuals y (B,K,D) and per-direction variances d (B,K,D) at time t."""
@@ -74,14 +82,14 @@ class GaussianMixture:
                 raise ValueError("a time t needs the process that defines the marginal at t")
             t = torch.as_tensor(t, dtype=torch.float64, device=dev).expand(B)
             a, s = process.marginal(t)
-        U, lam, mu = self._U.to(dev), self._lam.to(dev), self.means.to(dev)
+        U, lam, mu, _ = self._tensors(dev)
         r = xf[:, None, :] - a[:, None, None] * mu[None]  # (B,K,D)
         y = torch.einsum("kdj,bkd->bkj", U, r)
         d = a[:, None, None] ** 2 * lam[None] + (s**2)[:, None, None]
         return xf, y, d, U
 
     def _log_components(self, y, d):
-        return (torch.log(self.weights.to(y.device))[None]
+        return (self._tensors(y.device)[3][None]
                 - 0.5 * (y * y / d).sum(-1) - 0.5 * torch.log(d).sum(-1) - 0.5 * self.D * math.log(2 * math.pi))
 
     def log_prob(self, x: torch.Tensor, t=None, process=None) -> torch.Tensor:

@@ -49,12 +49,13 @@ PRIOR_STEP = 0xFFFFFFFF
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32 bits of the 64-bit product of uint32 ``a`` (held in int64) and constant ``b``."""
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    p1, p0 = a_hi * b, a_lo * b  # each < 2**48: exact in int64
-    hi = (p1 + (p0 >> 16)) >> 16
-    lo = (a * b) & _M32  # int64 wraps modulo 2**64; the low 32 bits are exact
-    return hi, lo
+    """High and low 32 bits of the 64-bit product of uint32 ``a`` (held in int64) and constant ``b``.
+
+    The int64 product wraps modulo 2**64, so its two's-complement bit pattern is exactly the
+    unsigned 64-bit product: bits 32..63 (arithmetic shift, then mask) are the high word.
+    """
+    p = a * b
+    return (p >> 32) & _M32, p & _M32
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):

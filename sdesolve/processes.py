@@ -113,7 +113,8 @@ class Process:
     # --- helpers for samplers ------------------------------------------------------------------
     def langevin_alpha(self, t, dt) -> torch.Tensor:
         """The alpha_i of score_sde's Langevin corrector step size: 1 - beta_i for VP-type
-        processes (the discrete DDPM beta over a step of length |dt|), 1 otherwise."""
+        processes (the discrete DDPM beta over a step of length |dt|; taken as exp(-beta |dt|),
+        equal to first order and positive on coarse grids), 1 otherwise."""
         return torch.ones_like(_t(t))
 
     # --- equations ----------------------------------------------------------------------------
@@ -174,7 +175,8 @@ class VPSDE(Process):
         return self.beta(t)
 
     def langevin_alpha(self, t, dt):
-        return 1.0 - self.beta(t) * _t(dt).abs()
+        # exp(-beta |dt|) = 1 - beta |dt| + O(dt^2), score_sde's 1 - beta_i, but positive on any grid
+        return torch.exp(-self.beta(t) * _t(dt).abs())
 
 
 class SubVPSDE(VPSDE):

@@ -37,7 +37,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256,
     return float(((qx - qy) ** 2).mean().sqrt())
 
 
-def two_sample_floor(sampler, n: int, repeats: int = 5, n_proj: int = 256, seed: int = 0) -> float:
+def two_sample_floor(sampler, n: int, repeats: int = 20, n_proj: int = 256, seed: int = 0) -> float:
     """Mean SW between two independent sets of n exact samples: the floor a sampler is judged by.
     ``sampler(n, generator)`` draws n exact samples."""
     vals = []

@@ -3,10 +3,11 @@
 Embedded Runge-Kutta pairs (Bosh3, Dopri5, Tsit5). One step of per-sample size h = t1 - t0:
     y1  = y0 + h sum_i b_i k_i                              (order p, propagated)
     err = RMS_j( h sum_i (b_i - b_hat_i) k_ij / (atol + rtol max(|y0_j|, |y1_j|)) )
-per sample (:func:`sdesolve.solvers.rk.error_norm`; Hairer, Norsett & Wanner, "Solving ODEs I",
-II.4, eq. (4.11)). The error estimate is O(h^q) with q = min(p, p_hat) + 1, the exponent the step
-size controller uses (``error_order``). All three pairs are FSAL: the last stage is f(t1, y1) and
-is the next step's first stage (the solver state), so a step costs s - 1 evaluations.
+per sample, computed with y1 in one pass over the stages (:func:`sdesolve.kernels.rk_combine`;
+Hairer, Norsett & Wanner, "Solving ODEs I", II.4, eq. (4.11)). The error estimate is O(h^q)
+with q = min(p, p_hat) + 1, the exponent the step size controller uses (``error_order``). All
+three pairs are FSAL: the last stage is f(t1, y1) and is the next step's first stage (the solver
+state), so a step costs s - 1 evaluations.
 
 Dense output: y(t0 + theta h) = y0 + h sum_i b_i(theta) k_i with polynomial weights b_i(theta)
 (:class:`DenseOutput`), checked at construction against the continuous order conditions
@@ -50,8 +51,9 @@ from fractions import Fraction as F
 
 import torch
 
+from ..kernels import rk_combine
 from .base import Solver, Step, per_sample
-from .rk import RungeKutta, error_norm
+from .rk import RungeKutta
 from .tableaus import BOSH3, DOPRI5, TSIT5, ButcherTableau, _g, _gamma, rooted_trees
 
 __all__ = ["DenseOutput", "DenseStep", "EmbeddedRungeKutta", "Bosh3", "Dopri5", "Tsit5", "AdaptiveSDE",
@@ -232,15 +234,9 @@ class EmbeddedRungeKutta(RungeKutta):
 
     def step(self, eq, t0, t1, y0, state, noise):
         ks = self.stages(eq, t0, t1, y0, k0=state)
-        h = t1 - t0
-        y1 = self.combine(y0, ks, h, self.tableau.b)
-        hx = per_sample(h, y0)
-        est = None
-        for w, k in zip(self._b_err, ks):
-            if w != 0.0:
-                est = w * k if est is None else est + w * k
-        err = error_norm(hx * est, y0, y1, self.rtol, self.atol)
-        return DenseStep(y1, err, state=self.next_state(ks), ks=tuple(ks))
+        # y1 and the error norm in one pass over the stages (sdesolve.kernels.rk_combine)
+        y1, err = rk_combine(y0, ks, self.tableau.b, t1 - t0, self._b_err, rtol=self.rtol, atol=self.atol)
+        return DenseStep(y1, err.to(torch.float64), state=self.next_state(ks), ks=tuple(ks))
 
     def interpolate(self, y0, y1, ks, h, theta):
         """y(t0 + theta h) for rows with y0, y1, stages ks (row subsets of one step), per-row step

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..kernels import affine_noise_step, noise_source
 from ..schedules import karras, uniform
 from .base import Solver, Step, per_sample
 
@@ -54,6 +55,8 @@ def append_zero(schedule):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
             raise ValueError(f"append_zero needs steps >= 2 (one step goes to t = 0), got {steps!r}")
         grid = schedule(process, steps - 1, t_start=t_start, t_end=t_end)
+        if float(grid[-1]) == 0.0:  # t_min = 0 already (e.g. DiscreteVP): no second zero
+            return schedule(process, steps, t_start=t_start, t_end=t_end)
         return torch.cat([grid, grid.new_zeros(1)])
     schedule_to_zero.__name__ = f"append_zero({getattr(schedule, '__name__', schedule)})"
     return schedule_to_zero
@@ -201,7 +204,7 @@ class DDIM(DiffusionSolver):
             # alpha_s - alpha_t sqrt(sigma_s^2 - c^2) / sigma_t, written without cancellation
             cd = b.alpha * one_m * (1.0 + self.eta**2 * e2) / (1.0 + torch.exp(-h) * keep)
             c = self.eta * b.sigma * torch.sqrt(one_m)
-            y = per_sample(cx, y0) * y0 + per_sample(cd, y0) * x0 + per_sample(c, y0) * noise.normal(y0, 0)
+            y = affine_noise_step(y0, cx, x0, cd, c, **noise_source(noise, y0, 0))  # fused; z drawn in-kernel on CUDA
         return Step(y, None, replace(state, i=state.i + 1))
 
 

@@ -40,7 +40,7 @@ from .data import Scaling
 from .spec import build
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",
-           "score_from_checkpoint", "TrainedModel", "FORMAT", "LAST", "PREV"]
+           "score_from_checkpoint", "remove_stale_temporaries", "TrainedModel", "FORMAT", "LAST", "PREV"]
 
 FORMAT = "sdesolve.train/1"
 LAST, PREV = "last.pt", "prev.pt"

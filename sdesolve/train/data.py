@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import importlib.util
 import math
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path

@@ -105,9 +105,14 @@ class Trainer:
     ``scaling`` maps model space back to data space and is recorded; ``source`` names where the
     data came from (recorded, so a resumed run can reload it)."""
 
-    def __init__(self, model: nn.Module, loss, data: torch.Tensor, config: TrainConfig = TrainConfig(),
+    def __init__(self, model: nn.Module, loss, data: torch.Tensor, config: TrainConfig | None = None,
                  out=None, scaling: Scaling | None = None, source: str = "", device=None, progress: bool = False):
+        config = config if config is not None else TrainConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and self.device.index is None and "LOCAL_RANK" in os.environ:
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.rank, self.world = init_distributed(self.device)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.world} processes")
