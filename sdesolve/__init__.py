@@ -5,7 +5,7 @@
     score = sds.Score.from_eps(model, process)
     x = sds.sample(process, score, sds.DPMSolverPP(order=2), shape=(64, 2), steps=20, seed=0).y
 """
-from . import metrics, schedules, train
+from . import bench, metrics, schedules, train
 from .equations import ODE, SDE, ProbabilityFlowODE, ReverseSDE
 from .errors import MaxStepsError, NonFiniteError, SolverError, StepSizeError
 from .mixtures import GaussianMixture
@@ -29,7 +29,7 @@ from .guidance import (AnnealedLangevinInpaint, ClassifierFreeGuidance, Classifi
 __version__ = "0.1.0"
 
 __all__ = [
-    "metrics", "schedules", "train", "ODE", "SDE", "ProbabilityFlowODE", "ReverseSDE", "MaxStepsError", "NonFiniteError",
+    "bench", "metrics", "schedules", "train", "ODE", "SDE", "ProbabilityFlowODE", "ReverseSDE", "MaxStepsError", "NonFiniteError",
     "SolverError", "StepSizeError", "GaussianMixture", "Noise", "EDM", "VESDE", "VPSDE", "Process", "SubVPSDE",
     "Score", "labels", "Solution", "Stats", "clear_cuda_graphs", "sample", "solve",
     "Ancestral", "AnnealedLangevin", "ButcherTableau", "Euler", "EulerMaruyama", "Heun", "Langevin", "Midpoint",

@@ -2,6 +2,10 @@
 
     sdesolve train  --data DATA --model mlp|unet --process vp|subvp|ve|edm --steps N --out DIR
     sdesolve sample --checkpoint DIR --solver NAME[:key=value,...] --nfe N --n COUNT --seed S --out FILE
+    sdesolve bench  --checkpoint DIR | --gmm NAME --solvers LIST --nfe LIST --n COUNT --seed S --out DIR
+
+``sample`` and ``bench`` shard their samples over the ranks of a ``torchrun`` job (rank r takes
+global sample indices [r n / W, (r + 1) n / W); see :mod:`sdesolve.bench.distributed`).
 
 One parser with one function per subcommand (``cmd_<name>``); :data:`TABLE` is the only place
 where names become objects. Solvers are looked up by class name, case-insensitive, among the
@@ -14,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,8 +36,9 @@ from .train.losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, Likel
 from .train.models import MLP, UNet
 from .train.spec import build
 from .train.trainer import TrainConfig, Trainer
+from .bench import peers as bench_peers, problems as bench_problems
 
-__all__ = ["main", "build_parser", "TABLE", "solver_from_spec", "parse_value"]
+__all__ = ["main", "build_parser", "TABLE", "solver_from_spec", "parse_value", "peer_from_spec"]
 
 
 def _toy(fn):
@@ -52,10 +57,14 @@ def _mnist(n, generator):
 
 
 def _solvers() -> dict:
+    """Every public solver class, by lower-case name; the conditioning hooks of
+    :mod:`sdesolve.guidance` wrap a solver around tensors (known pixels, masks) and cannot be
+    built from a string, so they are left out."""
     out = {}
     for name in getattr(sdesolve, "__all__", []):
         obj = getattr(sdesolve, name, None)
-        if inspect.isclass(obj) and issubclass(obj, Solver) and obj is not Solver and not inspect.isabstract(obj):
+        if (inspect.isclass(obj) and issubclass(obj, Solver) and obj is not Solver and not inspect.isabstract(obj)
+                and obj.__module__ != "sdesolve.guidance"):
             out[name.lower()] = obj
     return out
 
@@ -69,6 +78,11 @@ TABLE = {
     "loss": {"dsm": DenoisingScoreMatching, "likelihood": LikelihoodWeighted, "edm": EDMLoss},
     "param": {"eps": EpsPrediction, "score": ScorePrediction, "x0": X0Prediction, "v": VPrediction},
     "solver": _solvers(),
+    "gmm": {"ring8": bench_problems.ring8, "gmm8d": bench_problems.gmm8d},
+    "peer": {"kdiffusion": bench_peers.KDiffusion, "diffusers-ddim": bench_peers.Diffusers.ddim,
+             "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
+             "diffusers-unipc": bench_peers.Diffusers.unipc, "torchdiffeq": bench_peers.Torchdiffeq,
+             "torchsde": bench_peers.Torchsde},
 }
 
 
@@ -110,7 +124,7 @@ def solver_from_spec(spec: str) -> Solver:
         kwargs[key.strip()] = value
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise SystemExit(f"sdesolve: cannot build {cls.__name__} from {spec!r}: {e}") from None
 
 
@@ -230,9 +244,8 @@ def cmd_train(args) -> int:
         else:
             model = loss.wrap(_build_net(args, tuple(data.shape[1:])))
 
+    # under torchrun on CUDA the Trainer moves each rank to cuda:LOCAL_RANK
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     trainer = Trainer(model, loss, data, cfg, out=out, scaling=scaling, source=source, device=device,
                       progress=not args.quiet)
     if ckpt:
@@ -264,14 +277,72 @@ def cmd_train(args) -> int:
 
 
 # --- sample ------------------------------------------------------------------------------------
+class _Pretrained:
+    """A diffusers ``save_pretrained`` folder, with what ``cmd_sample`` uses of a TrainedModel."""
+
+    def __init__(self, args):
+        from .external import ModelCheckError, from_diffusers, load_diffusers
+        from .train.data import Scaling
+
+        try:
+            self.model, scheduler = load_diffusers(args.diffusers)
+            kw = {"class_labels": torch.tensor(args.class_label)} if (
+                args.class_label is not None and args.guidance_scale is None) else {}
+            self.process, self._score = from_diffusers(self.model, scheduler, check=not args.no_check, **kw)
+        except (FileNotFoundError, ModelCheckError, ValueError, TypeError, OSError) as e:
+            raise SystemExit(f"sdesolve sample: --diffusers {args.diffusers}: {e}") from None
+        cfg = self.model.config
+        size = cfg.sample_size if not isinstance(cfg.sample_size, int) else (cfg.sample_size, cfg.sample_size)
+        self.sample_shape = (cfg.in_channels, *size)
+        self.scaling = Scaling(0.0, 1.0, None)  # diffusers models sample in their own space
+
+    def score(self):
+        return self._score
+
+    def to_data(self, y):
+        return y
+
+
+def _controls(args, trained, score, solver):
+    """Classifier-free guidance (--guidance-scale) and inpainting (--mask, --known) around the
+    score and the solver."""
+    from .guidance import ClassifierFreeGuidance, Inpaint
+
+    if args.guidance_scale is not None:
+        if not args.diffusers or args.class_label is None or args.null_label is None:
+            raise SystemExit("sdesolve sample: --guidance-scale needs a class-conditional --diffusers model, "
+                             "--class-label and --null-label (the label it was trained with for 'no class')")
+        score = ClassifierFreeGuidance(score, args.class_label, args.null_label, args.guidance_scale,
+                                       keyword="class_labels")
+    elif args.class_label is not None and not args.diffusers:
+        raise SystemExit("sdesolve sample: --class-label needs a class-conditional --diffusers model")
+    if (args.mask is None) != (args.known is None):
+        raise SystemExit("sdesolve sample: inpainting needs both --mask and --known")
+    if args.mask is not None:
+        import numpy as np
+
+        known = trained.scaling.to_model(torch.from_numpy(np.load(args.known)).float())
+        mask = torch.from_numpy(np.load(args.mask))
+        try:
+            torch.broadcast_shapes(known.shape, mask.shape, trained.sample_shape)
+            solver = Inpaint(solver, known, mask)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise SystemExit(f"sdesolve sample: --mask / --known must be one sample of shape "
+                             f"{tuple(trained.sample_shape)} (or broadcast to it): {e}") from None
+    return score, solver
+
+
 def cmd_sample(args) -> int:
     """Sample from a trained checkpoint with any solver; write .npy (data space) or a .png grid."""
     from .train.images import save_image_grid
 
-    try:
-        trained = load_trained(args.checkpoint, ema=not args.raw_weights)
-    except CheckpointError as e:
-        raise SystemExit(f"sdesolve sample: {e}") from None
+    if args.diffusers:
+        trained = _Pretrained(args)
+    else:
+        try:
+            trained = load_trained(args.checkpoint, ema=not args.raw_weights)
+        except CheckpointError as e:
+            raise SystemExit(f"sdesolve sample: {e}") from None
     solver = solver_from_spec(args.solver)
     steps = args.steps if args.steps is not None else steps_for_nfe(solver, args.nfe)
     out = Path(args.out)
@@ -280,19 +351,28 @@ def cmd_sample(args) -> int:
     images = len(trained.sample_shape) == 3
     if out.suffix == ".png" and not images:
         raise SystemExit(f"sdesolve sample: samples of shape {trained.sample_shape} are not images; use .npy")
-    device = torch.device(args.device or "cpu")
+    from .bench import distributed as bdist
+
+    device = bdist.local_device(args.device or "cpu")
+    rank, world = bdist.init(device)
     trained.model.to(device)
     score, process = trained.score(), trained.process
-    chunks, nfe, start = [], 0, time.perf_counter()
+    score, solver = _controls(args, trained, score, solver)
+    shard_lo, shard_hi = bdist.shard(args.n)  # this rank's global sample indices
+    chunks, nfe, start = [torch.zeros((0, *trained.sample_shape))], 0, time.perf_counter()
     with torch.no_grad():
-        for lo in range(0, args.n, args.batch):
-            b = min(args.batch, args.n - lo)
+        for lo in range(shard_lo, shard_hi, args.batch):
+            b = min(args.batch, shard_hi - lo)
             sol = sdesolve.sample(process, score, solver, shape=(b, *trained.sample_shape), steps=steps,
                                   seed=args.seed, sample_offset=lo, device=device)
             chunks.append(trained.to_data(sol.y.float()).cpu())
             nfe += int(sol.stats.nfe)
-    y = torch.cat(chunks)
-    wall = time.perf_counter() - start
+    y = bdist.gather(torch.cat(chunks))  # all samples in global order
+    nfe = int(bdist.all_sum(torch.tensor([nfe]))[0])
+    wall = bdist.all_max(time.perf_counter() - start)
+    if rank != 0:
+        bdist.finish()
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         import numpy as np
@@ -301,7 +381,99 @@ def cmd_sample(args) -> int:
         rng = trained.scaling.data_range or (float(y.min()), float(y.max()))
         save_image_grid(y, out, data_range=rng, upscale=max(1, 64 // trained.sample_shape[-1]))
     print(f"sampled {args.n} x {tuple(trained.sample_shape)} with {type(solver).__name__} "
-          f"({'adaptive' if steps is None else f'{steps} steps'}, {nfe} model calls) in {wall:.1f} s -> {out}")
+          f"({'adaptive' if steps is None else f'{steps} steps'}, {nfe} model calls"
+          f"{f' on {world} processes' if world > 1 else ''}) in {wall:.1f} s -> {out}")
+    bdist.finish()
+    return 0
+
+
+# --- bench -------------------------------------------------------------------------------------
+def _spec_list(text: str) -> list[str]:
+    """Split 'euler,dpmsolverpp:order=3,multistep=false,heun' into solver specs: a comma starts a
+    new spec unless what follows is a key=value argument of the previous one."""
+    specs = []
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        if specs and "=" in tok and ":" not in tok.split("=", 1)[0]:
+            specs[-1] += "," + tok
+        else:
+            specs.append(tok)
+    return specs
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def peer_from_spec(spec: str):
+    """A peer sampler from ``library[:argument]``: ``kdiffusion:dpmpp_2m``, ``diffusers-unipc:3``,
+    ``torchdiffeq:dopri5``, ``torchsde:euler``."""
+    name, _, arg = spec.partition(":")
+    make = _pick("peer", name.strip())
+    try:
+        return make(parse_value(arg)) if arg else make()
+    except ImportError as e:
+        return bench_peers.Unavailable(spec, f"{name} cannot be imported: {e}")
+
+
+def cmd_bench(args) -> int:
+    """Benchmark samplers x NFE budgets (adaptive samplers x tolerances) on one model, the same
+    x_T for every row, peer libraries' samplers in the same run; write results.json, results.md
+    and pareto.png to --out. Under torchrun the samples are sharded over the ranks."""
+    from .bench import distributed as bdist
+    from .bench import report, runner
+
+    device = bdist.local_device(args.device)
+    rank, world = bdist.init(device)
+    if args.checkpoint:
+        try:
+            problem = bench_problems.checkpoint_problem(args.checkpoint, device=device, ema=not args.raw_weights,
+                                                        inception=args.inception, reference=args.reference_images)
+        except (CheckpointError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+            raise SystemExit(f"sdesolve bench: {e}") from None
+    else:
+        problem = bench_problems.mixture_problem(_pick("gmm", args.gmm)(), args.gmm.lower(),
+                                                 reference_n=args.reference_n)
+    try:
+        specs = _spec_list(args.solvers)
+        solvers = [solver_from_spec(s) for s in specs]
+    except ValueError as e:
+        raise SystemExit(f"sdesolve bench: --solvers {args.solvers!r}: {e}") from None
+    # an adaptive solver given its own rtol/atol runs at those alone, the others over --tolerances
+    own_tol = [getattr(s, "adaptive", False) and re.search(r"[:,]\s*[ra]tol\s*=", spec) is not None
+               for s, spec in zip(solvers, specs)]
+    if args.peers.strip().lower() == "none":
+        peers = []
+    elif args.peers.strip().lower() == "auto":
+        peers = bench_peers.default_peers(tolerances=bool(args.tolerances))
+    else:
+        peers = [peer_from_spec(s) for s in _spec_list(args.peers)]
+    reference = None
+    if args.reference.strip().lower() != "none":
+        spec, at, budget = args.reference.rpartition("@")
+        if not at:
+            raise SystemExit(f"sdesolve bench: --reference {args.reference!r} is not SOLVER@NFE (or none)")
+        reference = runner.Entry(solver_from_spec(spec), nfe=int(budget), reference=True)
+    try:
+        nfe, tols = _int_list(args.nfe), _float_list(args.tolerances)
+        entries = [reference] if reference is not None else []
+        for s, own in zip(solvers, own_tol):
+            entries += [runner.Entry(s, tol=s.rtol)] if own else runner.grid([s], nfe, tols)
+        entries += runner.grid([], nfe, tols, peers)
+    except ValueError as e:
+        raise SystemExit(f"sdesolve bench: {e}") from None
+    results = runner.run(problem, entries, n=args.n, seed=args.seed, batch_size=args.batch_size, device=device,
+                         warmup=args.warmup, progress=not args.quiet)
+    if rank == 0:
+        import shlex
+        argv = args.argv if getattr(args, "argv", None) is not None else sys.argv[1:]
+        launcher = f"torchrun --standalone --nproc_per_node={world} -m sdesolve -- " if world > 1 else "sdesolve "
+        results["meta"]["command"] = launcher + shlex.join(argv)
+        paths = report.write(results, args.out)
+        print(paths["md"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values() if p is not None))
+    bdist.finish()
     return 0
 
 
@@ -343,7 +515,17 @@ def _add_train(sub):
 
 def _add_sample(sub):
     p = sub.add_parser("sample", help="draw samples from a trained checkpoint", description=cmd_sample.__doc__)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint file or directory")
+    model.add_argument("--diffusers", metavar="DIR",
+                       help="a local diffusers save_pretrained folder (UNet2DModel + DDPM-type scheduler config)")
+    p.add_argument("--no-check", action="store_true", help="skip the probe of a --diffusers model's parametrization")
+    p.add_argument("--class-label", type=int, help="class of a class-conditional --diffusers model")
+    p.add_argument("--guidance-scale", type=float,
+                   help="classifier-free guidance scale (with --class-label and --null-label)")
+    p.add_argument("--null-label", type=int, help="the 'no class' label for classifier-free guidance")
+    p.add_argument("--mask", help="inpainting: .npy mask of one sample's shape, true/1 where --known is kept")
+    p.add_argument("--known", help="inpainting: .npy of one sample (data space) whose masked values are kept")
     p.add_argument("--solver", default="eulermaruyama",
                    help=f"solver class name with optional args, e.g. dpmsolverpp:order=3 "
                         f"(one of {', '.join(sorted(TABLE['solver']))})")
@@ -359,16 +541,53 @@ def _add_sample(sub):
     p.set_defaults(func=cmd_sample)
 
 
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="benchmark samplers: quality against NFE and wall time",
+                       description=cmd_bench.__doc__)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="a trained checkpoint (file or directory) of images")
+    what.add_argument("--gmm", help=f"a Gaussian mixture with exact scores: {', '.join(sorted(TABLE['gmm']))}")
+    p.add_argument("--solvers", default="eulermaruyama,euler,heun,ddim,dpmsolverpp:order=2,unipc:order=2,edmheun,"
+                                        "dpmsolver:order=2,adaptivesde,dopri5",
+                   help="comma-separated solver specs (class name with optional args, e.g. dpmsolverpp:order=3)")
+    p.add_argument("--nfe", default="5,10,20,50", help="NFE budgets of the fixed-step solvers (default 5,10,20,50)")
+    p.add_argument("--tolerances", default="1e-2,1e-3",
+                   help="rtol = atol values of the adaptive solvers (default 1e-2,1e-3; '' for their own); "
+                        "a solver spec with its own rtol/atol runs at those alone")
+    p.add_argument("--reference", default="eulermaruyama@1000",
+                   help="the reference row, SOLVER@NFE (default eulermaruyama@1000), or none")
+    p.add_argument("--peers", default="auto",
+                   help=f"auto (k-diffusion euler/heun/dpmpp_2m, diffusers DPM-Solver++, torchdiffeq dopri5, "
+                        f"torchsde euler), none, or specs like kdiffusion:dpmpp_2m "
+                        f"(libraries: {', '.join(sorted(TABLE['peer']))})")
+    p.add_argument("--n", type=int, default=1000, help="samples per row (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="samples per batch (sdesolve rows do not depend on it; torchdiffeq/torchsde rows do)")
+    p.add_argument("--warmup", type=int, default=8, help="samples of each row's untimed warm-up run (0: none)")
+    p.add_argument("--reference-n", type=int, default=10000, help="exact samples of the mixture to compare with")
+    p.add_argument("--reference-images", help="held-out images for a checkpoint whose data set has no known split")
+    p.add_argument("--inception", help="pt_inception-2015-12-05 weights file: adds FID")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", required=True, help="directory for results.json, results.md, pareto.png")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdesolve", description="Score-based diffusion: train and sample.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     return args.func(args)

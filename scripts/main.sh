@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The main job, on the CPU: set up, train (or reuse) the digits model, benchmark the samplers on it,
+# print the table, write the Pareto plot. Outputs go to benchmarks/results/main_job/:
+# results.json, results.md, pareto.png, and timing.json / timing.md with the wall time of each part.
+#
+# The model: the reference digits recipe (U-Net, VP process, EDM loss, 2000 steps of batch 128 on
+# scikit-learn's 8x8 digits) at 16 base channels instead of 32, which trains in about half the time
+# and samples about 3x faster on one CPU thread, so the whole job stays well under 15 minutes.
+# An existing checkpoint in $CKPT is reused (and a partial one resumed).
+#
+# Environment: CKPT (default runs/main_job/digits), OUT (default benchmarks/results/main_job),
+# N (samples per row, default 1000), NPROC (processes for the benchmark via torchrun, default 1),
+# SKIP_SETUP=1 to use the current environment as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CKPT=${CKPT:-runs/main_job/digits}
+OUT=${OUT:-benchmarks/results/main_job}
+N=${N:-1000}
+NPROC=${NPROC:-1}
+now() { date +%s.%N; }
+
+t0=$(now)
+if [ "${SKIP_SETUP:-0}" != "1" ]; then
+    bash scripts/setup.sh
+fi
+. .venv/bin/activate
+export OMP_NUM_THREADS=1
+t1=$(now)
+
+if [ -f "$CKPT/last.pt" ] || [ -f "$CKPT/prev.pt" ]; then
+    trained="resumed or reused"
+    python -m sdesolve train --resume --out "$CKPT" --threads 1
+else
+    trained="trained"
+    python -m sdesolve train --data digits --model unet --process vp --loss edm --channels 16 \
+        --steps 2000 --batch-size 128 --seed 0 --threads 1 --out "$CKPT"
+fi
+t2=$(now)
+
+BENCH=(bench --checkpoint "$CKPT"
+    --solvers "eulermaruyama,euler,heun,ddim,ddim:eta=1.0,dpmsolverpp:order=2,dpmsolverpp:order=2,sde=true,unipc:order=2,edmheun,dpmsolver:order=2,dopri5,adaptivesde:rtol=0.1,atol=0.1,adaptivesde:rtol=0.03,atol=0.03"
+    --nfe 5,10,20,50 --tolerances 1e-1,1e-2,1e-3 --reference eulermaruyama@1000
+    --peers "kdiffusion:dpmpp_2m,kdiffusion:euler,kdiffusion:heun,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,torchdiffeq:dopri5,torchsde:euler"
+    --n "$N" --seed 0 --batch-size 500 --threads 1 --out "$OUT")
+if [ "$NPROC" -gt 1 ]; then
+    python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m sdesolve -- "${BENCH[@]}"
+else
+    python -m sdesolve "${BENCH[@]}"
+fi
+t3=$(now)
+
+python - "$OUT" "$t0" "$t1" "$t2" "$t3" "$trained" "$CKPT" <<'EOF'
+import json, os, platform, sys, time
+out, t0, t1, t2, t3, trained, ckpt = sys.argv[1], *map(float, sys.argv[2:6]), sys.argv[6], sys.argv[7]
+cpu = platform.processor() or platform.machine()
+try:
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+except (OSError, StopIteration):
+    pass
+t = {"setup_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "model": trained, "checkpoint": ckpt,
+     "bench_s": round(t3 - t2, 1), "total_without_setup_s": round(t3 - t1, 1), "total_s": round(t3 - t0, 1),
+     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": f"{cpu}, {os.cpu_count()} cores",
+     "load_average_1min": round(os.getloadavg()[0], 2), "command": "bash scripts/main.sh"}
+json.dump(t, open(os.path.join(out, "timing.json"), "w"), indent=1)
+lines = ["# Main job: wall time", "", f"`bash scripts/main.sh` on {t['cpu']} (load average at the end "
+         f"{t['load_average_1min']}), finished {t['finished']}.", "",
+         "| part | seconds |", "|---|---:|",
+         f"| set-up (scripts/setup.sh) | {t['setup_s']} |", f"| model ({trained}) | {t['train_s']} |",
+         f"| benchmark | {t['bench_s']} |", f"| total without set-up | {t['total_without_setup_s']} |",
+         f"| total | {t['total_s']} |", ""]
+open(os.path.join(out, "timing.md"), "w").write("\n".join(lines))
+print("\n".join(lines))
+EOF

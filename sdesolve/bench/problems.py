@@ -1,0 +1,136 @@
+"""What a benchmark samples from: a process, a score, the sample shape, the map to data space and
+the quality measure, bundled as a :class:`Problem`.
+
+* :func:`mixture_problem`: a Gaussian mixture with its exact score under a process (default the
+  VP SDE, beta 0.1..20, t_min = 1e-3), judged by :class:`~sdesolve.bench.quality.MixtureQuality`.
+  Two mixtures are defined here: :func:`ring8` (2-D, 8 narrow components on a circle, unequal
+  weights) and :func:`gmm8d` (8-D, 6 full-covariance components).
+* :func:`checkpoint_problem`: a model trained with ``sdesolve train``, judged by Fréchet distances
+  against held-out real data: the digits classifier's features for 8x8 images, the MNIST
+  classifier's for 28x28, Inception's (FID) when a weights file is given.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..mixtures import GaussianMixture
+from ..processes import VPSDE
+from .quality import FrechetQuality, MixtureQuality, reference_stats
+
+__all__ = ["Problem", "ring8", "gmm8d", "mixture_problem", "checkpoint_problem", "held_out_images"]
+
+
+@dataclass
+class Problem:
+    name: str
+    process: object
+    score: object
+    sample_shape: tuple
+    quality: object
+    to_data: Callable = field(default=lambda y: y)
+    model: torch.nn.Module | None = None
+    info: dict = field(default_factory=dict)
+
+    def to(self, device) -> "Problem":
+        """Move the model (if any) to ``device``."""
+        if self.model is not None:
+            self.model.to(device)
+        return self
+
+
+def ring8() -> GaussianMixture:
+    """8 isotropic components (std 0.05) on the circle of radius 2, weights proportional to 1..8."""
+    K = 8
+    ang = torch.arange(K, dtype=torch.float64) * 2 * math.pi / K
+    means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
+    weights = torch.arange(1, K + 1, dtype=torch.float64)
+    return GaussianMixture(weights, means, torch.full((K,), 0.05**2, dtype=torch.float64))
+
+
+def gmm8d() -> GaussianMixture:
+    """6 components in 8-D with random full covariances 0.15 A A^T + 0.02 I (A with N(0, 1/8)
+    entries) and means 1.5 N(0, I), drawn from a generator seeded with 8."""
+    g = torch.Generator().manual_seed(8)
+    K, D = 6, 8
+    means = 1.5 * torch.randn(K, D, generator=g, dtype=torch.float64)
+    A = torch.randn(K, D, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+    covs = 0.15 * A @ A.transpose(-1, -2) + 0.02 * torch.eye(D, dtype=torch.float64)
+    weights = torch.tensor([0.3, 0.25, 0.15, 0.12, 0.1, 0.08], dtype=torch.float64)
+    return GaussianMixture(weights, means, covs)
+
+
+def mixture_problem(mixture: GaussianMixture, name: str = "mixture", process=None, reference_n: int = 10000,
+                    reference_seed: int = 0) -> Problem:
+    """Sampling a Gaussian mixture with its exact score."""
+    process = process if process is not None else VPSDE()
+    quality = MixtureQuality(mixture, process, reference_n=reference_n, reference_seed=reference_seed)
+    return Problem(name=name, process=process, score=mixture.score(process), sample_shape=(mixture.D,),
+                   quality=quality, info={"kind": "gaussian mixture", "components": mixture.K, "dim": mixture.D,
+                                          "process": repr(process)})
+
+
+def held_out_images(source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out images, training images) of a dataset the CLI names ("digits", "mnist"), in the
+    data range of that dataset. MNIST's held-out set is its test split (10000 images)."""
+    from ..train import data as datasets
+    if source == "digits":
+        return datasets.load_digits("test")[0], datasets.load_digits("train")[0]
+    if source == "mnist":
+        return datasets.load_mnist("test")[0], datasets.load_mnist("train")[0]
+    raise ValueError(f"no held-out split is known for the data {source!r}: give reference images "
+                     f"(a .npy/.npz file or an image folder) explicitly")
+
+
+def checkpoint_problem(path, device="cpu", ema: bool = True, inception=None, reference=None,
+                       cache: Path | None = None) -> Problem:
+    """A trained checkpoint (file or directory) and its held-out data.
+
+    ``reference``: images (a tensor in the checkpoint's data range, or a path readable by
+    :func:`sdesolve.train.data.load_path`) to use instead of the data set's held-out split.
+    ``inception``: path of the pt_inception-2015-12-05 weights, adds FID."""
+    from ..metrics import DigitsClassifierFeatures, InceptionFeatures, MnistClassifierFeatures
+    from ..train import data as datasets
+    from ..train.checkpoint import load_trained
+
+    trained = load_trained(path, ema=ema)
+    trained.model.to(device)
+    shape = tuple(trained.sample_shape)
+    if len(shape) != 3:
+        raise ValueError(f"checkpoint {path}: samples of shape {shape} are not images; Fréchet distances need "
+                         "images (C, H, W)")
+    source = trained.config["data"]["source"]
+    floor_images = None
+    if reference is None:
+        reference, floor_images = held_out_images(source)
+    elif not isinstance(reference, torch.Tensor):
+        reference = datasets.load_path(Path(reference)).float()
+    data_range = trained.scaling.data_range or (float(reference.min()), float(reference.max()))
+    lo, hi = data_range
+    to_unit = lambda x: (x.float() - lo) * (2.0 / (hi - lo)) - 1.0  # noqa: E731
+
+    extractors = {}
+    side = shape[-1]
+    if side <= 8:
+        extractors["fd_digits"] = DigitsClassifierFeatures()
+    else:
+        extractors["fd_mnist"] = MnistClassifierFeatures()
+    if inception is not None:
+        extractors["fid"] = InceptionFeatures(inception)
+    features = {}
+    for name, ex in extractors.items():
+        ex.to(device)
+        features[name] = (ex, reference_stats(ex, f"{name}-{source.replace('/', '_')}", to_unit(reference), cache))
+    label = {"fd_digits": "FD in digits-classifier features", "fd_mnist": "FD in MNIST-classifier features",
+             "fid": "FID"}[next(iter(features))] + " to held-out data (lower is better)"
+    quality = FrechetQuality(features, data_range=data_range, label=label, floor_images=floor_images)
+    net = trained.model
+    info = {"kind": "checkpoint", "path": str(trained.path), "step": trained.step, "data": source,
+            "shape": list(shape), "model": type(net).__name__, "parameters": sum(p.numel() for p in net.parameters()),
+            "loss": repr(trained.loss), "process": repr(trained.process), "reference_images": int(reference.shape[0])}
+    return Problem(name=f"{source} checkpoint {trained.path}", process=trained.process, score=trained.score(),
+                   sample_shape=shape, quality=quality, to_data=trained.to_data, model=net, info=info)
