@@ -31,28 +31,11 @@ import time
 import torch
 
 import sdesolve as sds
+from sdesolve.bench.problems import gmm8d, ring8
 from sdesolve.metrics import sliced_wasserstein
 
 
-def ring2d() -> sds.GaussianMixture:
-    K = 8
-    ang = torch.arange(K, dtype=torch.float64) * 2 * math.pi / K
-    means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
-    weights = torch.arange(1, K + 1, dtype=torch.float64)  # unequal, so proportions are informative
-    return sds.GaussianMixture(weights, means, torch.full((K,), 0.05**2, dtype=torch.float64))
-
-
-def mixture8d() -> sds.GaussianMixture:
-    g = torch.Generator().manual_seed(8)
-    K, D = 6, 8
-    means = 1.5 * torch.randn(K, D, generator=g, dtype=torch.float64)
-    A = torch.randn(K, D, D, generator=g, dtype=torch.float64) / math.sqrt(D)
-    covs = 0.15 * A @ A.transpose(-1, -2) + 0.02 * torch.eye(D, dtype=torch.float64)
-    weights = torch.tensor([0.3, 0.25, 0.15, 0.12, 0.1, 0.08], dtype=torch.float64)
-    return sds.GaussianMixture(weights, means, covs)
-
-
-DATASETS = {"2-D ring (8 components)": ring2d, "8-D mixture (6 components)": mixture8d}
+DATASETS = {"2-D ring (8 components)": ring8, "8-D mixture (6 components)": gmm8d}
 
 
 def samplers():

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_draw, check_like, check_noise, column, compute_dtype, noise_ref, per_sample, tile_geometry
+from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, per_sample,
+                     tile_geometry)
 from .dispatch import load_kernels, use_triton
 
 __all__ = ["affine_noise_step", "affine_noise_step_ref", "reverse_diffusion_step", "reverse_diffusion_step_ref"]
@@ -66,12 +67,7 @@ def _triton(where, x, a, s, b, f, c, noise, draw, z, return_mean):
         kind, c_t, c_stride, z_t, stream, step = tk.NO_NOISE, a_t, 0, x_c, x_c, x_c
     else:
         c_t, c_stride = per_sample(c, B, x.device, "c", where)
-        if z is not None:
-            kind, z_t, stream, step = tk.EXPLICIT_NOISE, z.contiguous(), x_c, x_c
-        else:
-            kind, z_t = tk.COUNTER_NOISE, x_c
-            stream = noise.stream.to(device=x.device, dtype=torch.int64).contiguous()
-            step = noise.step.to(device=x.device, dtype=torch.int64).contiguous()
+        kind, z_t, stream, step = noise_arguments(tk, noise, z, x_c)
     geom = tile_geometry(B, N)
     tk.launch(tk.affine_kernel, geom, out, mean, x_c, s_c, f_c, z_t, a_t, a_stride, b_t, b_stride,
               c_t, c_stride, stream, step, draw, B, N, geom.chunks,

@@ -197,3 +197,13 @@ def tile_geometry(batch: int, numel: int, block_quads: int | None = None) -> Til
     # largest offset formed, masked lanes included: (batch + rows) * (chunks * quads * 4)
     wide = (batch + rows) * max(numel, chunks * quads * 4) >= 2**31
     return TileGeometry(rows, quads, chunks, programs, wide)
+
+
+def noise_arguments(tk, noise, z, placeholder: torch.Tensor):
+    """(kind, z, stream, step) for a kernel launch: an explicit ``z``, or the counters of a
+    :class:`sdesolve.noise.Noise` for in-kernel Philox; ``placeholder`` fills the unused slots."""
+    if z is not None:
+        return tk.EXPLICIT_NOISE, z.contiguous(), placeholder, placeholder
+    dev = placeholder.device
+    return (tk.COUNTER_NOISE, placeholder, noise.stream.to(device=dev, dtype=torch.int64).contiguous(),
+            noise.step.to(device=dev, dtype=torch.int64).contiguous())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_draw, check_like, check_noise, column, compute_dtype, noise_ref, per_sample, tile_geometry
+from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, per_sample,
+                     tile_geometry)
 from .dispatch import load_kernels, use_triton
 
 __all__ = ["em_step", "em_step_ref"]
@@ -59,12 +60,7 @@ def _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean):
     else:
         g_t, g_stride = per_sample(g, B, x.device, "g", _WHERE)
     dt_t, dt_stride = per_sample(dt, B, x.device, "dt", _WHERE)
-    if z is not None:
-        kind, z_t, stream, step = tk.EXPLICIT_NOISE, z.contiguous(), x_c, x_c
-    else:
-        kind, z_t = tk.COUNTER_NOISE, x_c
-        stream = noise.stream.to(device=x.device, dtype=torch.int64).contiguous()
-        step = noise.step.to(device=x.device, dtype=torch.int64).contiguous()
+    kind, z_t, stream, step = noise_arguments(tk, noise, z, x_c)
     geom = tile_geometry(B, N)
     tk.launch(tk.em_kernel, geom, out, mean, x_c, drift_c, g_t, g_stride, dt_t, dt_stride,
               z_t, stream, step, draw, B, N, geom.chunks,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .affine import affine_noise_step, affine_noise_step_ref
-from .common import check_draw, check_like, check_noise, column, compute_dtype, noise_ref, tile_geometry
+from .common import check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, tile_geometry
 from .dispatch import load_kernels, use_triton
 
 __all__ = ["langevin_step", "langevin_step_ref", "langevin_step_size", "langevin_step_size_ref"]
@@ -64,12 +64,7 @@ def _sums_triton(score, noise, draw, z):
     tk = load_kernels()
     B, N = score.shape[0], score[0].numel()
     s_c = score.contiguous()
-    if z is not None:
-        kind, z_t, stream, step = tk.EXPLICIT_NOISE, z.contiguous(), s_c, s_c
-    else:
-        kind, z_t = tk.COUNTER_NOISE, s_c
-        stream = noise.stream.to(device=score.device, dtype=torch.int64).contiguous()
-        step = noise.step.to(device=score.device, dtype=torch.int64).contiguous()
+    kind, z_t, stream, step = noise_arguments(tk, noise, z, s_c)
     geom = tile_geometry(B, N)
     part = torch.empty((B, geom.chunks, 2), dtype=torch.float32, device=score.device)
     tk.launch(tk.sumsq_kernel, geom, part, s_c, z_t, stream, step, draw, B, N, geom.chunks, NOISE=kind)
