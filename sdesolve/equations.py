@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from .tensors import per_sample
+
 __all__ = ["Equation", "ODE", "SDE", "ReverseSDE", "ProbabilityFlowODE", "NOISE_TYPES"]
 
 NOISE_TYPES = ("diagonal", "scalar", "additive")
-
-
-def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    c = c.to(device=x.device, dtype=x.dtype)
-    return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
 class Equation:
@@ -95,7 +92,7 @@ class SDE(Equation):
         if not isinstance(g, torch.Tensor):
             g = torch.full((), float(g), dtype=x.dtype, device=x.device)
         if g.dim() == 1 and g.shape[0] == x.shape[0] and x.dim() > 1:
-            g = _per_sample(g, x)
+            g = per_sample(g, x)
         return g
 
 
@@ -131,7 +128,7 @@ class _DiffusionEquation(Equation):
         return self._predict(t, x, "eps_of")
 
     def g2(self, t, x):
-        return _per_sample(self.process.g2(t), x)
+        return per_sample(self.process.g2(t), x)
 
 
 class ReverseSDE(_DiffusionEquation):
@@ -143,10 +140,10 @@ class ReverseSDE(_DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return _per_sample(self.process.f(t), x) * x - self.g2(t, x) * s
+        return per_sample(self.process.f(t), x) * x - self.g2(t, x) * s
 
     def diffusion(self, t, x):
-        return _per_sample(torch.sqrt(self.process.g2(t)), x)
+        return per_sample(torch.sqrt(self.process.g2(t)), x)
 
 
 class ProbabilityFlowODE(_DiffusionEquation):
@@ -154,4 +151,4 @@ class ProbabilityFlowODE(_DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return _per_sample(self.process.f(t), x) * x - 0.5 * self.g2(t, x) * s
+        return per_sample(self.process.f(t), x) * x - 0.5 * self.g2(t, x) * s

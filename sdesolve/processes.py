@@ -23,6 +23,7 @@ import math
 import torch
 
 from .equations import ProbabilityFlowODE, ReverseSDE
+from .tensors import per_sample
 
 __all__ = ["Process", "VPSDE", "SubVPSDE", "VESDE", "EDM"]
 
@@ -31,14 +32,6 @@ def _t(t, like: torch.Tensor | None = None) -> torch.Tensor:
     """Time as a float64 tensor (on ``like``'s device if given)."""
     device = like.device if like is not None else (t.device if isinstance(t, torch.Tensor) else None)
     return torch.as_tensor(t, dtype=torch.float64, device=device)
-
-
-def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-sample coefficient (B,) or scalar, broadcast against x (B, ...) in x's dtype."""
-    c = c.to(device=x.device, dtype=x.dtype)
-    if c.dim() == 0:
-        return c
-    return c.reshape(c.shape + (1,) * (x.dim() - c.dim()))
 
 
 class Process:
@@ -89,7 +82,7 @@ class Process:
         raise NotImplementedError
 
     def drift(self, t, x: torch.Tensor) -> torch.Tensor:
-        return _bcast(self.f(_t(t, x)), x) * x
+        return per_sample(self.f(_t(t, x)), x) * x
 
     def diffusion(self, t) -> torch.Tensor:
         return torch.sqrt(self.g2(_t(t)))

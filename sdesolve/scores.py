@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from .tensors import per_sample
+
 __all__ = ["Score", "labels"]
-
-
-def _pc(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    c = c.to(device=x.device, dtype=x.dtype)
-    return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
 class labels:
@@ -109,7 +106,7 @@ class Score:
         label = self.time_label(p, t).to(device=x.device, dtype=self.label_dtype or x.dtype)
         inp = x
         if self.kind == "denoiser":
-            inp = x / _pc(p.alpha(t), x)
+            inp = x / per_sample(p.alpha(t), x)
         out = self.fn(inp, label, **self.model_kwargs)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the {self.kind} model returned {type(out).__name__}, not a tensor")
@@ -124,7 +121,7 @@ class Score:
     # conversions -------------------------------------------------------------------------------
     def _coeffs(self, t, x, process):
         a, s = process.marginal(t)
-        return _pc(a, x), _pc(s, x)
+        return per_sample(a, x), per_sample(s, x)
 
     def denoised_of(self, x, t, process=None):
         p = self._process(process)

@@ -24,14 +24,9 @@ from typing import Any
 import torch
 
 from ..schedules import uniform
+from ..tensors import per_sample
 
 __all__ = ["Solver", "Step", "per_sample"]
-
-
-def per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A (B,) coefficient (or scalar) broadcast against x of shape (B, ...), in x's dtype."""
-    c = torch.as_tensor(c).to(device=x.device, dtype=x.dtype)
-    return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
 @dataclass
