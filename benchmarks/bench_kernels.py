@@ -318,24 +318,10 @@ def _graph_loop(step_fn, B, steps, device):
 MIXTURE = ([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2])
 
 
-def mixture_score(process, device, weights=MIXTURE[0], means=MIXTURE[1], variances=MIXTURE[2]):
-    """Exact score of sum_k w_k N(mu_k, v_k I) under ``process``, every tensor on ``device``:
-    p_t = sum_k w_k N(alpha mu_k, c_k I), c_k = alpha^2 v_k + sigma^2, and
-    score = sum_k r_k (alpha mu_k - x) / c_k with r_k the posterior weights (float64 inside)."""
-    logw = torch.log(torch.tensor(weights, dtype=torch.float64) / sum(weights)).to(device)
-    mu = torch.tensor(means, dtype=torch.float64).to(device)
-    var = torch.tensor(variances, dtype=torch.float64).to(device)
-    D = mu.shape[1]
-
-    def score(x, t):
-        a, s = process.marginal(t)
-        c = a[:, None] ** 2 * var[None] + (s**2)[:, None]
-        diff = a[:, None, None] * mu[None] - x.to(torch.float64)[:, None, :]
-        logp = logw[None] - 0.5 * (diff * diff).sum(-1) / c - 0.5 * D * torch.log(c)
-        r = torch.softmax(logp, dim=1)
-        return ((r / c)[..., None] * diff).sum(1).to(x.dtype)
-
-    return sds.Score(score, process)
+def mixture_score(process, device):
+    """The exact score of the 3-component 2-D mixture under ``process`` (its tensors are copied
+    to the state's device once, on the first call)."""
+    return sds.GaussianMixture(*MIXTURE).score(process)
 
 
 def unet_score(process, device):

@@ -102,12 +102,9 @@ def crossover(rows: list[dict], key: str, factor: float):
 
 
 def _info(line: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from sdesolve.bench.runner import cpu_name
+
+    cpu = cpu_name()
     return {"command": line, "device": f"cpu ({cpu})", "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "torch": torch.__version__, "sdesolve": sds.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

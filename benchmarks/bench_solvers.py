@@ -241,13 +241,9 @@ def environment(command):
     import torchdiffeq
     import torchsde
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(device="cpu", cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+    from sdesolve.bench.runner import cpu_name
+
+    return dict(device="cpu", cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__, torchdiffeq=torchdiffeq.__version__,
                 torchsde=torchsde.__version__, sdesolve=sds.__version__, command=command)
 

@@ -50,13 +50,10 @@ fi
 t3=$(now)
 
 python - "$OUT" "$t0" "$t1" "$t2" "$t3" "$trained" "$CKPT" <<'EOF'
-import json, os, platform, sys, time
+import json, os, sys, time
 out, t0, t1, t2, t3, trained, ckpt = sys.argv[1], *map(float, sys.argv[2:6]), sys.argv[6], sys.argv[7]
-cpu = platform.processor() or platform.machine()
-try:
-    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-except (OSError, StopIteration):
-    pass
+from sdesolve.bench.runner import cpu_name
+cpu = cpu_name()
 t = {"setup_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "model": trained, "checkpoint": ckpt,
      "bench_s": round(t3 - t2, 1), "total_without_setup_s": round(t3 - t1, 1), "total_s": round(t3 - t0, 1),
      "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": f"{cpu}, {os.cpu_count()} cores",

@@ -358,35 +358,6 @@ def test_cuda_graph_errors():
         sds.solve(eq, torch.zeros(3, 2), 0.0, 1.0, sds.EulerMaruyama(), steps=3, cuda_graph=True)
 
 
-def device_mixture_score(weights, means, variances, process, device):
-    """The exact score of an isotropic Gaussian mixture sum_k w_k N(mu_k, v_k I) under
-    ``process``, with every tensor on ``device`` (capturable in a CUDA graph):
-    p_t = sum_k w_k N(alpha mu_k, (alpha^2 v_k + sigma^2) I),
-    score = sum_k r_k (alpha mu_k - x) / (alpha^2 v_k + sigma^2), r_k the posterior weights."""
-    logw = torch.log(torch.as_tensor(weights, dtype=torch.float64) / sum(weights)).to(device)
-    mu = torch.as_tensor(means, dtype=torch.float64).to(device)
-    var = torch.as_tensor(variances, dtype=torch.float64).to(device)
-    D = mu.shape[1]
-
-    def score(x, t):
-        a, s = process.marginal(t)
-        c = a[:, None] ** 2 * var[None] + (s**2)[:, None]                       # (B, K)
-        diff = a[:, None, None] * mu[None] - x.to(torch.float64)[:, None, :]     # (B, K, D)
-        logp = logw[None] - 0.5 * (diff * diff).sum(-1) / c - 0.5 * D * torch.log(c)
-        r = torch.softmax(logp, dim=1)
-        return ((r / c)[..., None] * diff).sum(1).to(x.dtype)
-
-    return sds.Score(score, process)
-
-
-def test_device_mixture_score_is_the_mixture_score():
-    p = sds.VPSDE()
-    ours = device_mixture_score([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2], p, "cpu")
-    x = torch.randn(7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    t = torch.linspace(0.01, 1.0, 7, dtype=torch.float64)
-    torch.testing.assert_close(ours(x, t), GM.score(p)(x, t), rtol=1e-12, atol=1e-12)
-
-
 GRAPHED = [sds.EulerMaruyama(), sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 1)),
            sds.Ancestral(), sds.DDIM(0.5), sds.DPMSolverPP(2), sds.UniPC(3), sds.EDMHeun(churn=2.0), sds.Dopri5()]
 
@@ -399,7 +370,7 @@ def test_cuda_graph_replays_equal_eager_runs(solver):
     graph: equal to float32 rounding, 1e-5 covers reduction-order differences of the model)."""
     solve_module.clear_cuda_graphs()
     p = sds.VPSDE()
-    score = device_mixture_score([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2], p, "cuda")
+    score = GM.score(p)
     with torch.inference_mode():
         for seed in (0, 1, 0):
             graphed = sds.sample(p, score, solver, shape=(256, 2), steps=30, seed=seed, device="cuda", cuda_graph=True)
@@ -412,7 +383,7 @@ def test_cuda_graph_replays_equal_eager_runs(solver):
 @pytest.mark.gpu
 def test_cuda_graph_reports_nonfinite_values_after_replay():
     p = sds.VPSDE()
-    exact = device_mixture_score([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2], p, "cuda")
+    exact = GM.score(p)
 
     def bad(x, t):
         s = exact(x, t)
@@ -437,7 +408,7 @@ def test_fused_cuda_sampling_matches_the_reference_path(solver, monkeypatch):
     atol 1e-4 per update), accumulated over 50 steps."""
     p = sds.VPSDE()
     # 16-D, where the corrector's realized norms concentrate and do not amplify rounding
-    score = device_mixture_score([0.4, 0.6], [[1.0] * 16, [-1.0] * 16], [0.2, 0.3], p, "cuda")
+    score = sds.GaussianMixture([0.4, 0.6], [[1.0] * 16, [-1.0] * 16], [0.2, 0.3]).score(p)
     with torch.inference_mode():
         fused = sds.sample(p, score, solver, shape=(4096, 16), steps=50, seed=0, device="cuda").y
         monkeypatch.setenv(dispatch.ENV_VAR, "torch")
@@ -450,7 +421,7 @@ def test_cuda_graph_capture_failure_names_the_cause():
     # last in this module: a failed capture is reported, and what follows should not depend on it
     solve_module.clear_cuda_graphs()
     p = sds.VPSDE()
-    exact = device_mixture_score([1.0], [[0.0, 0.0]], [1.0], p, "cuda")
+    exact = sds.GaussianMixture([1.0], [[0.0, 0.0]], [1.0]).score(p)
 
     def syncing(x, t):
         return exact(x, t) * float(t[0] > 0)  # a host read: runs eagerly, cannot be captured

@@ -169,6 +169,17 @@ def grid(solvers, nfe=(5, 10, 20, 50), tolerances=(1e-2, 1e-3), peers=(), refere
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return name
+
+
 def environment(device) -> dict:
     """Versions, device and machine load, for the record."""
     import numpy
@@ -177,13 +188,7 @@ def environment(device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        name = f"{name} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+        name = f"{cpu_name()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "sdesolve": sdesolve.__version__, "platform": platform.platform(), "device": str(device),
            "device_name": name, "world_size": dist.rank_world()[1]}
