@@ -9,6 +9,7 @@ from sdesolve.noise import kernel_noise
 from sdesolve.solvers.base import Step
 from sdesolve.solvers.diffusion import DiffusionSolver, multistep_order
 from sdesolve.solvers.exponential import data_step, point
+from sdesolve.solvers.sde import diffusion_argument
 from sdesolve.solvers.tableaus import ButcherTableau
 from sdesolve.tensors import per_sample
 
@@ -43,7 +44,8 @@ class EM(sds.Solver):
     order, stochastic = 0.5, True
 
     def step(self, eq, t0, t1, y0, state, noise, at=sds.Position()):
-        return Step(em_step(y0, eq.drift(t0, y0), eq.diffusion(t0, y0), t1 - t0, **kernel_noise(noise, y0, 0)))
+        g = diffusion_argument(eq.diffusion(t0, y0), y0)
+        return Step(em_step(y0, eq.drift(t0, y0), g, t1 - t0, **kernel_noise(noise, y0, 0)))
 
 
 def test_a_runge_kutta_method_is_its_tableau():

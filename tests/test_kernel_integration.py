@@ -294,7 +294,7 @@ def no_host_sync(monkeypatch):
     """solve's fixed-grid loop (what cuda_graph=True captures) under NoHostSync, with the tensor
     methods that read data outside the dispatcher (tolist, numpy, cpu) failing too."""
     entered = []
-    real_loop = solve_module._fixed_loop
+    real_loop = solve_module._loop
 
     def fail(name):
         def method(self, *args, **kwargs):
@@ -308,7 +308,7 @@ def no_host_sync(monkeypatch):
                 m.setattr(torch.Tensor, name, fail(name))
             return real_loop(*args, **kwargs)
 
-    monkeypatch.setattr(solve_module, "_fixed_loop", loop)
+    monkeypatch.setattr(solve_module, "_loop", loop)
     return entered
 
 

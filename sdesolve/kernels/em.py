@@ -22,18 +22,6 @@ def _g_is_full(g, x: torch.Tensor) -> bool:
     return isinstance(g, torch.Tensor) and g.dim() == x.dim() and g.shape == x.shape and x.dim() > 1
 
 
-def diffusion_argument(g, x: torch.Tensor):
-    """The diffusion as the update takes it: a number, a one-element or (B,) tensor, or a tensor
-    shaped like x. A per-sample column (B, 1, ..., 1), as equations return it, becomes (B,);
-    any other broadcast against x is expanded."""
-    B = x.shape[0]
-    if not isinstance(g, torch.Tensor) or g.numel() == 1 or g.shape == x.shape or tuple(g.shape) == (B,):
-        return g
-    if g.dim() == x.dim() and g.shape[0] == B and g.numel() == B:
-        return g.reshape(B)
-    return g.expand_as(x)
-
-
 def _check(x, drift, g, noise, z, draw):
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"{_WHERE}: x must be a tensor of shape (B, ...)")
@@ -50,7 +38,6 @@ def _check(x, drift, g, noise, z, draw):
 
 def em_step_ref(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     """PyTorch reference of :func:`em_step` (same arguments, same semantics, differentiable)."""
-    g = diffusion_argument(g, x)
     draw = _check(x, drift, g, noise, z, draw)
     ct = compute_dtype(x.dtype, _WHERE)
     dt_c = column(dt, x, ct, "dt", _WHERE)
@@ -98,7 +85,6 @@ def em_step(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     Returns:
         the new state in x's dtype, or ``(state, mean)`` with ``return_mean=True``.
     """
-    g = diffusion_argument(g, x)
     draw = _check(x, drift, g, noise, z, draw)
     if use_triton(_WHERE, x, (x, drift, g, dt, z)):
         return _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean)

@@ -31,7 +31,19 @@ from ..noise import kernel_noise
 from .base import CONTROLLED, Solver, Step
 from .exponential import ancestral, point
 
-__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "normal_for"]
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "normal_for", "diffusion_argument"]
+
+
+def diffusion_argument(g, y: torch.Tensor):
+    """An equation's diffusion as :func:`sdesolve.kernels.em_step` takes it: a number, a
+    one-element or (B,) tensor, or a tensor shaped like y. A per-sample column (B, 1, ..., 1), as
+    diffusion equations return it, becomes (B,); any other broadcast against y is expanded."""
+    B = y.shape[0]
+    if not isinstance(g, torch.Tensor) or g.numel() == 1 or g.shape == y.shape or tuple(g.shape) == (B,):
+        return g
+    if g.dim() == y.dim() and g.shape[0] == B and g.numel() == B:
+        return g.reshape(B)
+    return g.expand_as(y)
 
 
 def normal_for(eq, noise, y: torch.Tensor, draw: int = 0) -> torch.Tensor:
@@ -65,7 +77,7 @@ class EulerMaruyama(Solver):
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         f = eq.drift(t0, y0)
-        g = eq.diffusion(t0, y0)
+        g = diffusion_argument(eq.diffusion(t0, y0), y0)
         if eq.noise_type == "scalar":
             return Step(em_step(y0, f, g, t1 - t0, z=normal_for(eq, noise, y0)))
         return Step(em_step(y0, f, g, t1 - t0, **kernel_noise(noise, y0, 0)))
