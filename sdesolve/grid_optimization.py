@@ -71,7 +71,7 @@ from .noise import PRIOR_STEP, Noise, streams
 from .scores import Score
 
 __all__ = ["optimize", "OptimizedGrid", "Teacher", "DynamicProgramming", "Learned", "cheapest_path",
-           "save_grid", "load_grid", "CALIBRATION_SEED", "clear_cache"]
+           "save_grid", "load_grid", "model_digest", "CALIBRATION_SEED", "clear_cache"]
 
 #: the default calibration seed (x_T of sample b is the prior draw of stream (seed, b)); evaluate
 #: optimized grids on other seeds
@@ -189,12 +189,18 @@ def _model_id(score: Score, model_id) -> tuple[str, bool]:
     fn = getattr(score, "fn", score)
     module = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
     if isinstance(module, torch.nn.Module):
-        h = hashlib.sha256()
-        for name, v in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-        return "sha256:" + h.hexdigest()[:32], True
+        return model_digest(module), True
     return f"object:{id(fn)}", False
+
+
+def model_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's class, parameter and buffer names and values: its identity for
+    the cache."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, v in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def _initial(process, n: int, shape, seed: int, device, dtype) -> torch.Tensor:
