@@ -490,12 +490,11 @@ def _grid_file(path, command):
         raise SystemExit(f"sdesolve {command}: --schedule {path}: {e}") from None
 
 
-def _grid_method(args):
-    name = args.method if isinstance(args, argparse.Namespace) else args
+def _grid_method(args, name):
     cls = _pick("grid_method", name)
-    opts = {"dp": {"candidates": getattr(args, "candidates", None), "sweeps": getattr(args, "sweeps", None)},
-            "learned": {"iterations": getattr(args, "iterations", None), "lr": getattr(args, "lr", None)}}
-    return cls(**{k: v for k, v in opts[name.lower()].items() if v is not None})
+    opts = {"dp": {"candidates": args.candidates, "sweeps": args.sweeps},
+            "learned": {"iterations": args.iterations, "lr": args.lr}}[name.lower()]
+    return cls(**{k: v for k, v in opts.items() if v is not None})
 
 
 def _optimize(args, problem, solver, steps, method, device, command):
@@ -524,7 +523,7 @@ def _grid_rows(args, problem, solvers, nfe, device) -> list:
         rows += [runner.Entry(s, nfe=(grid.numel() - 1) * s.nfe_per_step, schedule=grid, grid=Path(args.schedule).name)
                  for s in fixed]
     for name in filter(None, (m.strip().lower() for m in (args.optimized_grids or "").split(","))):
-        method = _grid_method(name)
+        method = _grid_method(args, name)
         for s in fixed:
             for k in nfe:
                 steps = steps_for_nfe(s, k)
@@ -562,7 +561,7 @@ def cmd_schedule(args) -> int:
     if out.suffix != ".pt":
         raise SystemExit(f"sdesolve schedule: --out {out} must end in .pt (a tensor; the record goes beside it as .json)")
     try:
-        opt = _optimize(args, problem, solver, steps, _grid_method(args), device, "schedule")
+        opt = _optimize(args, problem, solver, steps, _grid_method(args, args.method), device, "schedule")
     except (ValueError, TypeError) as e:
         raise SystemExit(f"sdesolve schedule: {e}") from None
     opt.save(out)
@@ -581,6 +580,10 @@ def _add_grid_options(p):
     p.add_argument("--teacher-steps", type=int, default=256,
                    help="steps of the teacher (DPM-Solver++(3M), log-SNR grid) (default 256)")
     p.add_argument("--grid-cache", help="directory caching optimized grids (a .pt tensor and a .json record each)")
+    p.add_argument("--candidates", type=int, help="dp: candidate steps (default 64; divides --teacher-steps)")
+    p.add_argument("--sweeps", type=int, help="dp: greedy end-to-end refinement sweeps (default 3)")
+    p.add_argument("--iterations", type=int, help="learned: Adam iterations (default 150)")
+    p.add_argument("--lr", type=float, help="learned: Adam learning rate (default 0.05)")
 
 
 def _add_schedule(sub):
@@ -593,10 +596,6 @@ def _add_schedule(sub):
     p.add_argument("--nfe", type=int, default=10, help="NFE budget (default 10)")
     p.add_argument("--steps", type=int, help="solver steps (overrides --nfe)")
     p.add_argument("--method", default="dp", choices=sorted(TABLE["grid_method"]))
-    p.add_argument("--candidates", type=int, help="dp: candidate steps (default 64; divides --teacher-steps)")
-    p.add_argument("--sweeps", type=int, help="dp: greedy end-to-end refinement sweeps (default 3)")
-    p.add_argument("--iterations", type=int, help="learned: Adam iterations (default 150)")
-    p.add_argument("--lr", type=float, help="learned: Adam learning rate (default 0.05)")
     p.add_argument("--out", required=True, help="grid file (.pt; the record is written beside it as .json)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", help="torch device (default cpu)")

@@ -331,6 +331,23 @@ def _refine(process, score, solver, x_T, taus, path, target, sweeps):
 
 
 # --- learned -------------------------------------------------------------------------------------
+class _Adam:
+    """Adam (Kingma & Ba 2015) on one tensor, betas (0.9, 0.999), eps 1e-8 (torch.optim's
+    defaults; written out because importing torch.optim pulls in the compiler stack)."""
+
+    def __init__(self, x, lr, b1=0.9, b2=0.999, eps=1e-8):
+        self.x, self.lr, self.b1, self.b2, self.eps = x.clone(), lr, b1, b2, eps
+        self.m, self.v, self.k = torch.zeros_like(x), torch.zeros_like(x), 0
+
+    def step(self, grad):
+        self.k += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * grad
+        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
+        mh, vh = self.m / (1 - self.b1 ** self.k), self.v / (1 - self.b2 ** self.k)
+        self.x = self.x - self.lr * mh / (vh.sqrt() + self.eps)
+        return self.x.clone()
+
+
 def _grid_of(process, w, lam0, lam1, t0, t1):
     inc = torch.softmax(w, 0)
     lam = lam0 + (lam1 - lam0) * torch.cumsum(inc, 0)[:-1]
@@ -486,7 +503,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         T, t_end = float(init[0]), float(init[-1])
         lam0, lam1 = process.lam(torch.tensor(T, dtype=torch.float64)), process.lam(torch.tensor(t_end, dtype=torch.float64))
         w = _logits_of(process, init).clone().requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=method.lr)
+        adam = _Adam(w.detach(), method.lr)
         gen = torch.Generator().manual_seed(int(seed))
         best_w, best_loss, history = w.detach().clone(), math.inf, []
         with torch.enable_grad():
@@ -502,9 +519,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
                     best_loss, best_w = float(loss), w.detach().clone()
                 history.append(float(loss))
                 (grad,) = torch.autograd.grad(loss, [w])
-                opt.zero_grad(set_to_none=True)
-                w.grad = grad
-                opt.step()
+                w = adam.step(grad).requires_grad_(True)
         if method.batch:
             best_w = w.detach().clone()
         grid = _grid_of(process, best_w, lam0, lam1, T, t_end).detach()

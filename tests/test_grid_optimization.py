@@ -155,3 +155,33 @@ def test_optimize_rejects_what_it_cannot_do():
         sds.schedules.optimize(P, score, sds.Euler(), 3, method="gits", shape=(3,))
     with pytest.raises(TypeError, match="stochastic"):
         sds.schedules.optimize(P, score, sds.EulerMaruyama(), 3, shape=(3,))
+
+
+def test_cli_schedule_and_bench_rows(tmp_path, capsys):
+    """`sdesolve schedule` writes a grid file (tensor + JSON record) that `bench --schedule` and
+    `sample`-style callers take; `bench --optimized-grids` adds one row per solver, NFE and method,
+    with the optimization time apart from the sampling time."""
+    from sdesolve.cli import main
+
+    out = tmp_path / "grid.pt"
+    small = ["--optimization-n", "8", "--teacher-steps", "32"]
+    assert main(["schedule", "--gmm", "gmm8d", "--solver", "euler", "--nfe", "3", "--method", "dp",
+                 "--candidates", "16", "--sweeps", "1", "--out", str(out), *small]) == 0
+    grid = go.load_grid(out)
+    assert grid.grid.numel() == 4 and grid.record["method"] == "dp" and grid.record["nfe"] == 3
+    assert main(["bench", "--gmm", "gmm8d", "--solvers", "euler,dpmsolverpp:order=2", "--nfe", "3", "--n", "40",
+                 "--tolerances", "", "--reference", "none", "--peers", "none", "--warmup", "0", "--quiet",
+                 "--reference-n", "200", "--optimized-grids", "learned", "--iterations", "3", "--schedule", str(out), *small,
+                 "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    grids = [(r["sampler"], r.get("grid")) for r in rows]
+    assert ("Euler @3 [learned grid]", "learned") in grids and ("DPMSolverPP(order=2) @3 [grid.pt grid]", "grid.pt") in grids
+    for r in rows:
+        if r.get("grid"):
+            assert r["nfe"] == 3 and len(r["grid_times"]) == 4
+        if r.get("grid") == "learned":
+            assert r["grid_optimization_seconds"] > 0 and r["seconds"] > 0
+    with pytest.raises(SystemExit, match="differ"):
+        main(["bench", "--gmm", "gmm8d", "--solvers", "euler", "--nfe", "3", "--n", "8", "--seed", "5",
+              "--optimization-seed", "5", "--optimized-grids", "dp", "--reference", "none", "--peers", "none",
+              "--out", str(tmp_path / "b2")])
