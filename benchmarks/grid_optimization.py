@@ -37,7 +37,6 @@ import sdesolve as sds
 from sdesolve import grid_optimization as go
 from sdesolve.bench.problems import checkpoint_problem, gmm8d, mixture_problem, ring8
 from sdesolve.bench.runner import cpu_name, initial_noise
-from sdesolve.metrics import sliced_wasserstein
 from sdesolve.metrics.sliced import _quantiles
 from sdesolve.metrics.frechet import frechet_distance
 
@@ -49,7 +48,7 @@ SOLVERS = {"euler": sds.Euler, "dpmsolverpp": lambda: sds.DPMSolverPP(2), "unipc
 
 class MixtureMetric:
     """SW_2 to the exact reference set of the problem's quality measure, the same directions and
-    the same estimator as :func:`sdesolve.metrics.sliced_wasserstein` (the reference's sorted
+    the same estimator as ``sdesolve.metrics.sliced_wasserstein`` (the reference's sorted
     projections computed once, so that a bootstrap resample costs one sort of the samples)."""
 
     name = "SW (sliced Wasserstein-2 to 10000 exact samples)"
@@ -98,10 +97,17 @@ class FrechetMetric:
 
 
 
-def _ci(v):
+def _ci(v, point):
+    """95% interval from bootstrap values: percentiles with 100 resamples or more, else the
+    normal approximation point ± 1.96 sd (steadier with few resamples)."""
     t = torch.tensor(v, dtype=torch.float64)
     t = t[torch.isfinite(t)]
-    return [float(t.quantile(0.025)), float(t.quantile(0.975))] if t.numel() else [math.nan, math.nan]
+    if t.numel() < 2 or not math.isfinite(point):
+        return [math.nan, math.nan]
+    if t.numel() >= 100:
+        return [float(t.quantile(0.025)), float(t.quantile(0.975))]
+    sd = float(t.std())
+    return [point - 1.96 * sd, point + 1.96 * sd]
 
 
 def compare(metric, data, best, methods, floor, resamples, seed=0):
@@ -119,14 +125,17 @@ def compare(metric, data, best, methods, floor, resamples, seed=0):
         for k in keys:
             boot[k].append(metric(data[k], idx))
     red = lambda a, b, f: 1.0 - (a - f) / (b - f) if b > f else math.nan  # noqa: E731
-    out = {"ci": {k: _ci(v) for k, v in boot.items()}, "point": point, "methods": {}}
+    out = {"ci": {k: _ci(v, point[k]) for k, v in boot.items()}, "point": point, "methods": {}}
     for m in methods:
+        r_floor, r_teacher = red(point[m], point[best], floor), red(point[m], point[best], point["teacher"])
         out["methods"][m] = {
-            "diff": point[best] - point[m], "diff_ci": _ci([b - a for a, b in zip(boot[m], boot[best])]),
-            "reduction_vs_floor": red(point[m], point[best], floor),
-            "reduction_vs_floor_ci": _ci([red(a, b, floor) for a, b in zip(boot[m], boot[best])]),
-            "reduction_vs_teacher": red(point[m], point[best], point["teacher"]),
-            "reduction_vs_teacher_ci": _ci([red(a, b, t) for a, b, t in zip(boot[m], boot[best], boot["teacher"])]),
+            "diff": point[best] - point[m],
+            "diff_ci": _ci([b - a for a, b in zip(boot[m], boot[best])], point[best] - point[m]),
+            "reduction_vs_floor": r_floor,
+            "reduction_vs_floor_ci": _ci([red(a, b, floor) for a, b in zip(boot[m], boot[best])], r_floor),
+            "reduction_vs_teacher": r_teacher,
+            "reduction_vs_teacher_ci": _ci([red(a, b, t) for a, b, t in zip(boot[m], boot[best], boot["teacher"])],
+                                           r_teacher),
         }
     return out
 
@@ -194,10 +203,10 @@ def markdown(results) -> str:
     lines = ["# Optimized time grids against hand-designed ones", "",
              f"Command: `{results['command']}`", "",
              f"Machine: {results['machine']}; torch {results['torch']}. Calibration: seed "
-             f"{results['calibration_seed']}, {results['calibration_n']} samples; evaluation: seed {results['seed']} "
+             f"{results['calibration_seed']}, {results['calibration_n']} samples ({results['calibration_n_digits']} for digits); evaluation: seed {results['seed']} "
              "(same x_T for every row). Intervals: 95% bootstrap over sample indices "
              f"({results['bootstrap']} resamples for the mixtures, {results.get('bootstrap_digits')} for digits; the same "
-             "for every row: paired). Excess reduction: "
+             "for every row: paired; percentiles from 100 resamples up, else point ± 1.96 bootstrap sd). Excess reduction: "
              "1 - (m_opt - m_0) / (m_best_hand - m_0), with m_0 the data floor (exact or real samples of the same "
              "size) or the teacher (the converged solve from the same x_T). Best hand: the lowest of log-SNR, "
              "Karras (rho 7), uniform and quadratic on the evaluation samples.", ""]
@@ -227,6 +236,68 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+def distances(args, log):
+    """Second pass, from the grids of a results file: each row's distance to the teacher (the
+    converged solve from the same x_T, evaluation seed), RMS per dimension, the target both
+    optimizers minimise on their calibration samples; floor 0. Paired bootstrap (mean of
+    per-sample squared distances, resampled) against the hand grid closest to the teacher."""
+    res = json.load(open(args.distance_from))
+    out = {"source": args.distance_from, "command": "python benchmarks/grid_optimization.py "
+           + " ".join(sys.argv[1:]), "n": {}, "entries": []}
+    teacher = go.Teacher(steps=res["teacher_steps"])
+    for pname in args.problems.split(","):
+        if pname == "digits":
+            problem, dtype, n = checkpoint_problem(args.checkpoint), torch.float32, args.n_digits
+        else:
+            problem, dtype, n = mixture_problem({"ring8": ring8, "gmm8d": gmm8d}[pname](), pname), torch.float64, args.n
+        out["n"][pname] = n
+        process, score, shape = problem.process, problem.score, tuple(problem.sample_shape)
+        x_T = initial_noise(process, (n,) + shape, res["seed"], dtype=dtype)
+        with torch.no_grad():
+            ref = sds.sample(process, score, teacher.make_solver(), x_T=x_T,
+                             schedule=sds.schedules.logsnr(process, teacher.steps), seed=res["seed"]).y
+        for e in (e for e in res["entries"] if e["problem"] == pname):
+            solver = SOLVERS[e["solver_name"]]()
+            d = {}
+            for g, row in e["rows"].items():
+                with torch.no_grad():
+                    y = sds.sample(process, score, solver, x_T=x_T, schedule=torch.tensor(row["grid"], dtype=torch.float64),
+                                   seed=res["seed"]).y
+                d[g] = go._mse(y, ref)
+            best = min(HAND, key=lambda g: float(d[g].mean()))
+            gen = torch.Generator().manual_seed(0)
+            idx = [torch.randint(0, n, (n,), generator=gen) for _ in range(args.bootstrap_digits)]
+            rms = {g: float(v.mean().sqrt()) for g, v in d.items()}
+            row = {"problem": pname, "solver_name": e["solver_name"], "nfe": e["nfe"], "best_hand": best, "rms": rms,
+                   "ci": {g: _ci([float(d[g][i].mean().sqrt()) for i in idx], rms[g]) for g in (best, *res["methods"])}}
+            for m in res["methods"]:
+                red = [1.0 - float(d[m][i].mean().sqrt()) / float(d[best][i].mean().sqrt()) for i in idx]
+                row[m] = {"reduction": 1.0 - rms[m] / rms[best], "reduction_ci": _ci(red, 1.0 - rms[m] / rms[best])}
+            out["entries"].append(row)
+            log(f"{pname:8s} {e['solver_name']:12s} NFE {e['nfe']:3d} best hand {best} {rms[best]:.4g} | "
+                + " | ".join(f"{m} {rms[m]:.4g} reduction {row[m]['reduction']:.3f} "
+                             f"{[round(c, 3) for c in row[m]['reduction_ci']]}" for m in res["methods"]))
+    lines = ["# Distance to the teacher on evaluation samples", "", f"Command: `{out['command']}`", "",
+             "RMS distance per dimension between each row's samples and the teacher's (the converged solve from "
+             "the same x_T; floor 0), on the evaluation seed; grids from " + args.distance_from + ". Reduction: "
+             "1 - rms_opt / rms_best_hand, 95% paired bootstrap interval (percentiles, "
+             f"{args.bootstrap_digits} resamples).", "",
+             "| problem | solver | NFE | best hand: rms [95% CI] | dp: rms, reduction [95% CI] | learned: rms, reduction [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    for r in out["entries"]:
+        b = r["best_hand"]
+        cells = [f"{r['rms'][m]:.4g}, {pct(r[m]['reduction'])} [{pct(r[m]['reduction_ci'][0])}, "
+                 f"{pct(r[m]['reduction_ci'][1])}]" for m in res["methods"]]
+        lines.append(f"| {r['problem']} | {r['solver_name']} | {r['nfe']} | {b}: {r['rms'][b]:.4g} "
+                     f"[{r['ci'][b][0]:.4g}, {r['ci'][b][1]:.4g}] | " + " | ".join(cells) + " |")
+    with open(args.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", default="ring8,gmm8d,digits")
@@ -238,21 +309,27 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calibration-n", type=int, default=64)
     ap.add_argument("--calibration-seed", type=int, default=go.CALIBRATION_SEED)
-    ap.add_argument("--teacher-steps", type=int, default=128)
+    ap.add_argument("--teacher-steps", type=int, default=64)
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=60)
-    ap.add_argument("--iterations-digits", type=int, default=25)
-    ap.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples (mixtures: each is a sort of the "
+    ap.add_argument("--iterations-digits", type=int, default=20)
+    ap.add_argument("--sweeps-digits", type=int, default=2)
+    ap.add_argument("--calibration-n-digits", type=int, default=32)
+    ap.add_argument("--bootstrap", type=int, default=30, help="bootstrap resamples (mixtures: each is a sort of the "
                     "samples' projections, interpolated to the reference's 10000 levels)")
     ap.add_argument("--bootstrap-digits", type=int, default=200)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--distance-from", help="a results .json of this script: measure its grids' distance to the "
+                    "teacher on the evaluation samples instead")
     args = ap.parse_args(argv)
+    if args.distance_from:
+        return distances(args, lambda s: print(s, flush=True))
     if args.seed == args.calibration_seed:
         raise SystemExit("the evaluation seed must differ from the calibration seed")
     results = {"command": "python benchmarks/grid_optimization.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "machine": f"{cpu_name()}, torch threads {torch.get_num_threads()}", "torch": torch.__version__,
                "python": platform.python_version(), "seed": args.seed, "calibration_seed": args.calibration_seed,
-               "calibration_n": args.calibration_n, "n": args.n, "n_digits": args.n_digits,
+               "calibration_n": args.calibration_n, "calibration_n_digits": args.calibration_n_digits, "n": args.n, "n_digits": args.n_digits,
                "bootstrap": args.bootstrap, "bootstrap_digits": args.bootstrap_digits, "teacher_steps": args.teacher_steps, "methods": ["dp", "learned"],
                "problems": {}, "entries": []}
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -262,8 +339,9 @@ def main(argv=None):
         if pname == "digits":
             problem = checkpoint_problem(args.checkpoint)
             args.n, bootstrap_saved, args.bootstrap = args.n_digits, args.bootstrap, args.bootstrap_digits
+            cal_saved, args.calibration_n = args.calibration_n, args.calibration_n_digits
             metric = FrechetMetric(problem, args.n)
-            methods = {"dp": go.DynamicProgramming(candidates=args.candidates),
+            methods = {"dp": go.DynamicProgramming(candidates=args.candidates, sweeps=args.sweeps_digits),
                        "learned": go.Learned(iterations=args.iterations_digits, lr=0.1)}
             dtype, model_id = torch.float32, go.model_digest(problem.model) + ":ema"
         else:
@@ -280,7 +358,7 @@ def main(argv=None):
         results["problems"][pname]["teacher"] = entries[0]["teacher_metric"] if entries else None
         results["problems"][pname]["seconds"] = time.perf_counter() - start
         if pname == "digits":
-            args.n, args.bootstrap = n_saved, bootstrap_saved
+            args.n, args.bootstrap, args.calibration_n = n_saved, bootstrap_saved, cal_saved
         with open(args.out + ".json", "w") as f:
             json.dump(results, f, indent=1)
         with open(args.out + ".md", "w") as f:
