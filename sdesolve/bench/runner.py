@@ -41,7 +41,7 @@ import torch
 
 from ..noise import PRIOR_STEP, Noise, streams
 from ..scores import Score
-from ..solve import sample as sds_sample
+from ..integrate import sample as sds_sample
 from ..solvers.base import Solver
 from . import distributed as dist
 from .peers import Peer, PeerUnavailable

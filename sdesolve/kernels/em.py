@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, per_sample,
+from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
@@ -20,6 +20,18 @@ _WHERE = "em_step"
 
 def _g_is_full(g, x: torch.Tensor) -> bool:
     return isinstance(g, torch.Tensor) and g.dim() == x.dim() and g.shape == x.shape and x.dim() > 1
+
+
+def diffusion_argument(g, x: torch.Tensor):
+    """The diffusion as the update takes it: a number, a one-element or (B,) tensor, or a tensor
+    shaped like x. A per-sample column (B, 1, ..., 1), as equations return it, becomes (B,);
+    any other broadcast against x is expanded."""
+    B = x.shape[0]
+    if not isinstance(g, torch.Tensor) or g.numel() == 1 or g.shape == x.shape or tuple(g.shape) == (B,):
+        return g
+    if g.dim() == x.dim() and g.shape[0] == B and g.numel() == B:
+        return g.reshape(B)
+    return g.expand_as(x)
 
 
 def _check(x, drift, g, noise, z, draw):
@@ -38,6 +50,7 @@ def _check(x, drift, g, noise, z, draw):
 
 def em_step_ref(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     """PyTorch reference of :func:`em_step` (same arguments, same semantics, differentiable)."""
+    g = diffusion_argument(g, x)
     draw = _check(x, drift, g, noise, z, draw)
     ct = compute_dtype(x.dtype, _WHERE)
     dt_c = column(dt, x, ct, "dt", _WHERE)
@@ -58,8 +71,8 @@ def _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean):
     if g_full:
         g_t, g_stride = g.contiguous(), 0
     else:
-        g_t, g_stride = per_sample(g, B, x.device, "g", _WHERE)
-    dt_t, dt_stride = per_sample(dt, B, x.device, "dt", _WHERE)
+        g_t, g_stride = coefficient(g, B, x.device, "g", _WHERE)
+    dt_t, dt_stride = coefficient(dt, B, x.device, "dt", _WHERE)
     kind, z_t, stream, step = noise_arguments(tk, noise, z, x_c)
     geom = tile_geometry(B, N)
     tk.launch(tk.em_kernel, geom, out, mean, x_c, drift_c, g_t, g_stride, dt_t, dt_stride,
@@ -85,6 +98,7 @@ def em_step(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     Returns:
         the new state in x's dtype, or ``(state, mean)`` with ``return_mean=True``.
     """
+    g = diffusion_argument(g, x)
     draw = _check(x, drift, g, noise, z, draw)
     if use_triton(_WHERE, x, (x, drift, g, dt, z)):
         return _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean)
