@@ -216,7 +216,7 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _run(process, score, solver, x_T, grid):
-    from .solve import sample
+    from .integrate import sample
     with warnings.catch_warnings():  # validate() reads the end point of a grid that requires grad
         warnings.simplefilter("ignore", UserWarning)
         return sample(process, score, solver, x_T=x_T, schedule=grid, seed=0).y
@@ -225,24 +225,28 @@ def _run(process, score, solver, x_T, grid):
 def _multistep_history(solver) -> int:
     """History points a multistep solver uses: ceil(order) - 1 for one-evaluation solvers of
     order > 1 (their higher order can only come from past evaluations), else 0."""
-    if getattr(solver, "nfe_per_step", 1) != 1 or getattr(solver, "stochastic", False):
+    if solver.nfe_per_step != 1 or solver.stochastic:
         return 0
     return max(0, math.ceil(float(solver.order)) - 1)
 
 
 # one step of a solver outside the loop; the only code here that knows the step interface
 def _init_state(solver, eq, t0, y0, plan_grid):
-    kw = {"grid": plan_grid} if getattr(solver, "uses_grid", False) else {}
-    return solver.init(eq, t0, y0, plan_grid[-1].expand(y0.shape[0]).to(y0.device), **kw)
+    return solver.init(eq, t0, y0)
 
 
-def _step(solver, eq, t0, t1, y0, state, noise):
-    return solver.step(eq, t0, t1, y0, state, noise)
+def _step(solver, eq, t0, t1, y0, state, noise, index, plan_grid):
+    """Step ``index`` of a grid shaped like ``plan_grid`` (its number of steps and whether it
+    ends low are what a solver reads from its position)."""
+    from .timeplan import Position, ends_low
+    steps = plan_grid.numel() - 1
+    at = Position(index, steps, plan_grid, index == steps - 1 and ends_low(eq.process, float(plan_grid[-1])))
+    return solver.step(eq, t0, t1, y0, state, noise, at)
 
 
 def _plan_grid(process, steps: int) -> torch.Tensor:
     """A stand-in grid of ``steps`` steps ending at t_min: the solver plans its warm-up and final
-    steps from the number of steps and the last time only."""
+    steps from its position (index, number of steps, whether the last step ends low) only."""
     return torch.linspace(process.T, process.t_min, steps + 1, dtype=torch.float64)
 
 
@@ -250,7 +254,7 @@ def _plan_grid(process, steps: int) -> torch.Tensor:
 def _teacher_states(process, score, teacher: Teacher, x_T, every: int = 1):
     """(teacher grid, states at every ``every``-th point of it (K+1, n, ...))."""
     from .schedules import logsnr
-    from .solve import sample
+    from .integrate import sample
     grid = logsnr(process, teacher.steps)
     sol = sample(process, score, teacher.make_solver(), x_T=x_T, schedule=grid, seed=0, save_at=True)
     return grid[::every].clone(), sol.ys[::every].detach()
@@ -292,11 +296,11 @@ def _dp_costs(process, score, solver, steps, taus, X, S0):
                     if m == 0:
                         state = _init_state(solver, eq, tk0, xk, plan)
                     memo.entries = [(xk, tk0, S0[k0.to(device), sample_idx.to(device)])]
-                    state = _step(solver, eq, tk0, tk1, xk, state, zero.at(m)).state
+                    state = _step(solver, eq, tk0, tk1, xk, state, zero.at(m), m, plan).state
             else:
                 state = _init_state(solver, eq, t_i, y_i, plan)
             memo.entries = [(y_i, t_i, S0[i].repeat(r, *([1] * (X.dim() - 2))))]
-            y = _step(solver, eq, t_i, tt[J], y_i, state, zero.at(p)).y.detach()
+            y = _step(solver, eq, t_i, tt[J], y_i, state, zero.at(p), p, plan).y.detach()
             err = _mse(y, X[J, torch.arange(n, device=device).repeat(r)]).reshape(r, n).mean(1)
             C[i, js] = err.cpu()
             memo.entries = []
@@ -365,7 +369,7 @@ def _hand_grids(process, solver, steps):
     from . import schedules
     grids = {"logsnr": schedules.logsnr(process, steps), "karras": schedules.karras(7.0)(process, steps),
              "uniform": schedules.uniform(process, steps)}
-    default = getattr(solver, "default_schedule", None)
+    default = solver.default_schedule
     if default is not None:
         g = default(process, steps)
         if float(g[-1]) == float(grids["logsnr"][-1]):  # a grid to sigma = 0 ends elsewhere: not comparable
@@ -452,7 +456,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         raise ValueError(f"optimize: steps must be an integer >= 1, got {steps!r}")
     if shape is None:
         raise ValueError("optimize: give shape=, the shape of one sample (e.g. (2,) or (1, 8, 8))")
-    if getattr(solver, "stochastic", False) or getattr(solver, "adaptive", False):
+    if solver.stochastic or solver.adaptive:
         raise TypeError(f"optimize: grids are optimized for deterministic fixed-step solvers; "
                         f"{type(solver).__name__} is {'stochastic' if solver.stochastic else 'adaptive'}")
     teacher = reference if reference is not None else Teacher()
@@ -534,7 +538,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     best_hand = min(hands, key=hands.get)
     seconds = time.perf_counter() - start
     record = {"method": method.name, "method_options": {k: v for k, v in asdict(method).items()},
-              "solver": repr(solver), "steps": steps, "nfe": steps * int(getattr(solver, "nfe_per_step", 1)),
+              "solver": repr(solver), "steps": steps, "nfe": steps * int(solver.nfe_per_step),
               "process": repr(process), "model": ident, "calibration": {"seed": int(seed), "samples": [0, int(n)],
                                                                         "x_T": "prior draws of sample(..., seed=seed)"},
               "teacher": teacher.describe(), "seconds": seconds,

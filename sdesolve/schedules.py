@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["uniform", "quadratic", "logsnr", "karras", "validate", "optimize"]
+__all__ = ["uniform", "quadratic", "logsnr", "karras", "validate"]
 
 
 def _ends(process, t_start, t_end):
@@ -99,9 +99,3 @@ def validate(grid: torch.Tensor, process=None) -> torch.Tensor:
             raise ValueError(f"times outside [t_min, T] = [{lo}, {hi}] at grid index {idx[:5]}: "
                              f"{[float(grid[i]) for i in idx[:5]]}")
     return grid
-
-
-def optimize(process, score, solver, steps, **kwargs):
-    """A grid optimized for this model and solver: see :func:`sdesolve.grid_optimization.optimize`."""
-    from .grid_optimization import optimize as _optimize  # late: that module samples, which imports this one
-    return _optimize(process, score, solver, steps, **kwargs)
