@@ -5,7 +5,7 @@
     score = sds.Score.from_eps(model, process)
     x = sds.sample(process, score, sds.DPMSolverPP(order=2), shape=(64, 2), steps=20, seed=0).y
 """
-from . import bench, labels, metrics, schedules, train
+from . import bench, grid_optimization, labels, metrics, schedules, train
 from .controllers import FixedGrid, PIController
 from .discrete import DiscreteVP
 from .equations import ODE, SDE, DiffusionEquation, ProbabilityFlowODE, ReverseSDE
@@ -26,6 +26,9 @@ from .timeplan import Position
 from .solvers import (DDIM, RK4, SRA1, AdaptiveSDE, Ancestral, AnnealedLangevin, Bosh3, ButcherTableau, Dopri5,
                       DPMSolver, DPMSolverPP, EDMHeun, Euler, EulerMaruyama, Heun, Langevin, Midpoint, Milstein,
                       PredictorCorrector, ReverseDiffusion, RungeKutta, Solver, Step, Tsit5, UniPC, append_zero)
+
+#: sds.schedules.optimize: grids optimized for a model (set here: schedules must not import what samples)
+schedules.optimize = grid_optimization.optimize
 
 __version__ = "0.1.0"
 
