@@ -71,14 +71,17 @@ class Bootstrap:
                 "method": "paired percentile bootstrap over sample indices (shared by all rows)"}
 
 
-def percentile_interval(replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
-    """(lo, hi): the (1 -/+ level)/2 quantiles of the finite replicates (NaN if none)."""
+def percentile_interval(replicates: torch.Tensor, level: float = 0.95, estimate: float | None = None
+                        ) -> tuple[float, float]:
+    """(lo, hi): the (1 -/+ level)/2 quantiles of the finite replicates (NaN if none); with an
+    ``estimate``, shifted by estimate - median (re-centred on the estimate)."""
     r = replicates[torch.isfinite(replicates)].to(torch.float64)
     if r.numel() == 0:
         return float("nan"), float("nan")
     a = (1.0 - level) / 2.0
-    q = torch.quantile(r, torch.tensor([a, 1.0 - a], dtype=torch.float64))
-    return float(q[0]), float(q[1])
+    q = torch.quantile(r, torch.tensor([a, 1.0 - a, 0.5], dtype=torch.float64))
+    shift = 0.0 if estimate is None else float(estimate) - float(q[2])
+    return float(q[0]) + shift, float(q[1]) + shift
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, level: float = 0.95, margin: float = 0.0) -> dict:
@@ -86,8 +89,8 @@ def compare(a: torch.Tensor, b: torch.Tensor, level: float = 0.95, margin: float
     interval; ``resolved``: the interval excludes ``margin`` (default 0) — the sign of
     a - b - margin is known at this n; ``sign``: -1, +1 or 0 (not resolved)."""
     d = a - b
-    lo, hi = percentile_interval(d[1:], level) if d.numel() > 1 else (float("nan"), float("nan"))
     est = float(d[0])
+    lo, hi = percentile_interval(d[1:], level, est) if d.numel() > 1 else (float("nan"), float("nan"))
     sign = -1 if hi < margin else (1 if lo > margin else 0)
     return {"diff": est, "lo": lo, "hi": hi, "resolved": sign != 0, "sign": sign}
 
@@ -128,11 +131,17 @@ class FrechetDistance(PairedMetric):
         self.sqrt_r = _psd_sqrt(cov)
 
     def evaluate(self, rep, w):
-        n = rep.shape[0]
+        n, d = rep.shape
+        # second moments sum_i w_i x_i x_i^T: one product with the per-sample outer products for
+        # small d, batched products otherwise
+        outer = (rep[:, :, None] * rep[:, None, :]).reshape(n, d * d) if d <= 128 else None
         out = []
-        for wc in w.split(self.chunk):
+        for wc in w.split(self.chunk if outer is None else 256):
             mu = wc @ rep / n  # (b, d)
-            second = torch.einsum("bn,ni,nj->bij", wc, rep, rep)
+            if outer is not None:
+                second = (wc @ outer).reshape(-1, d, d)
+            else:
+                second = torch.matmul((wc[:, :, None] * rep).transpose(1, 2), rep)
             cov = (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
             m = self.sqrt_r @ cov @ self.sqrt_r
             ev = torch.linalg.eigvalsh(0.5 * (m + m.transpose(1, 2))).clamp_min(0)
@@ -254,7 +263,7 @@ def interval_record(values: torch.Tensor, level: float) -> dict:
     """{"value", "lo", "hi"} of a metric's (1 + B,) values (no interval without replicates)."""
     v = float(values[0])
     if values.numel() > 1:
-        lo, hi = percentile_interval(values[1:], level)
+        lo, hi = percentile_interval(values[1:], level, v)
     else:
         lo = hi = float("nan")
     return {"value": v if math.isfinite(v) else float("nan"), "lo": lo, "hi": hi}

@@ -64,6 +64,20 @@ def gmm8d() -> GaussianMixture:
     return GaussianMixture(weights, means, covs)
 
 
+def _variances(items, D: int) -> torch.Tensor:
+    """Per-component variances in one form: (K,) numbers, (K, D) diagonals or (K, D, D)
+    covariances; a mixture of forms becomes full covariances."""
+    kinds = {0 if isinstance(v, (int, float)) else (1 if not isinstance(v[0], list) else 2) for v in items}
+    if len(kinds) == 1:
+        return torch.tensor(items, dtype=torch.float64)
+    eye = torch.eye(D, dtype=torch.float64)
+    full = []
+    for v in items:
+        t = torch.tensor(v, dtype=torch.float64)
+        full.append(t * eye if t.dim() == 0 else (torch.diag(t) if t.dim() == 1 else t))
+    return torch.stack(full)
+
+
 def mixture_from_json(path) -> GaussianMixture:
     """A Gaussian mixture from a JSON file ``{"weights": [K], "means": [K][D], "variances": ...}``
     where ``variances`` is per component a number (isotropic), a list of D numbers (diagonal) or
@@ -79,9 +93,9 @@ def mixture_from_json(path) -> GaussianMixture:
     try:
         w = torch.tensor(spec["weights"], dtype=torch.float64)
         mu = torch.tensor(spec["means"], dtype=torch.float64)
-        var = torch.tensor(spec["variances"], dtype=torch.float64)
+        var = _variances(spec["variances"], mu.shape[-1])
         return GaussianMixture(w, mu, var)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:
         raise ValueError(f"{path}: not a valid mixture ({e})") from None
 
 
@@ -122,11 +136,13 @@ def _vector_data(source: str, reference) -> torch.Tensor:
 
 
 def checkpoint_problem(path, device="cpu", ema: bool = True, inception=None, reference=None,
-                       cache: Path | None = None, metrics=None, features: str | None = None) -> Problem:
+                       cache: Path | None = None, metrics=None, features=None) -> Problem:
     """A trained checkpoint (file or directory) and its held-out data.
 
-    Images: FD/KID (``metrics`` among fd, kid) in ``features`` ("digits" or "mnist"; default
-    by image size: digits for 8x8, MNIST for 28x28, none otherwise) and, with ``inception`` (path
+    Images: FD/KID (``metrics`` among fd, kid) in ``features`` (a feature-extractor class,
+    :class:`~sdesolve.metrics.DigitsClassifierFeatures` or
+    :class:`~sdesolve.metrics.MnistClassifierFeatures`; default by image size: digits for 8x8,
+    MNIST for 28x28, none otherwise) and, with ``inception`` (path
     of the pt_inception-2015-12-05 weights), in InceptionV3's; a network that does not fit the
     images is refused. Vectors: SW, MMD, energy distance to held-out points of the training data
     file (or ``reference``). ``reference``: held-out samples (a tensor in the checkpoint's data
@@ -162,14 +178,11 @@ def checkpoint_problem(path, device="cpu", ema: bool = True, inception=None, ref
     data_range = trained.scaling.data_range or (float(reference.min()), float(reference.max()))
     side = shape[-1]
     if features is None:
-        features = "digits" if shape == (1, 8, 8) else ("mnist" if shape == (1, 28, 28) else None)
+        features = {(1, 8, 8): DigitsClassifierFeatures, (1, 28, 28): MnistClassifierFeatures}.get(shape)
     extractors = {}
     if features is not None:
-        make = {"digits": DigitsClassifierFeatures, "mnist": MnistClassifierFeatures}.get(features)
-        if make is None:
-            raise ValueError(f"unknown feature network {features!r}; choose digits or mnist (or --inception FILE)")
-        check_fits(make, shape, data_range)
-        extractors[features] = make()
+        check_fits(features, shape, data_range)
+        extractors[features.tag] = features()
     if inception is not None:
         check_fits(InceptionFeatures, shape, data_range)
         extractors["inception"] = InceptionFeatures(inception)

@@ -113,6 +113,9 @@ def fit_steps(count, budget: int, cache: dict | None = None) -> tuple[int, int]:
         s -= 1
     while c(s + 1) is not None and c(s + 1) <= budget:
         s += 1
+        if s > 4 * budget + 8:
+            raise ValueError(f"the sampler's model evaluations do not grow with its steps ({c(s)} at {s} steps); "
+                             "give it an explicit grid")
     return s, c(s)
 
 

@@ -86,6 +86,7 @@ class DigitsClassifierFeatures(FeatureExtractor):
 
     dim = DigitsCNN.feature_dim
     size = 8
+    tag = "digits"
 
     def __init__(self, weights: str | os.PathLike = DIGITS_WEIGHTS):
         super().__init__()
@@ -158,6 +159,7 @@ class MnistClassifierFeatures(FeatureExtractor):
 
     dim = 256
     size = 28
+    tag = "mnist"
     mean, std = 0.1307, 0.3081
 
     def __init__(self, weights: str | os.PathLike | None = None):
@@ -188,6 +190,7 @@ class InceptionFeatures(FeatureExtractor):
     """
 
     dim = 2048
+    tag = "inception"
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
