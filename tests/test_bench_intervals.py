@@ -212,3 +212,17 @@ def test_work_precision_measures_error_against_the_tight_solve_from_the_same_x_T
     assert "torchdiffeq bosh3" in paths["md"].read_text() and paths["png"].stat().st_size > 0
     with pytest.raises(ValueError, match="stochastic"):
         wp.work_precision(problem, [runner.Entry(sds.EulerMaruyama(), nfe=4)], n=4, reference=sds.Dopri5(1e-6, 1e-6))
+
+
+def test_rows_take_any_solver_and_any_schedule_function_or_grid_tensor():
+    problem = bench.mixture_problem(bench.ring8(), "ring8", reference_n=300, metrics=["sw", "nll"])
+    grid = torch.tensor([1.0, 0.6, 0.3, 0.1, 0.03, 1e-3], dtype=torch.float64)
+    entries = [runner.Entry(sds.Heun(), schedule=grid), runner.Entry(sds.DPMSolverPP(order=2), nfe=6,
+                                                                      schedule=sds.schedules.karras(7.0))]
+    res = runner.run(problem, entries, n=60, bootstrap=20, progress=False, log=lambda s: None)
+    heun, dpm = res["rows"]
+    assert heun["grid"] == grid.tolist() and heun["steps"] is None and heun["sampler"] == "Heun [grid of 5 steps]"
+    assert heun["nfe"] == sds.sample(problem.process, problem.score, sds.Heun(), shape=(2, 2), schedule=grid,
+                                     seed=0).stats.nfe
+    assert dpm["schedule"] == "karras(rho=7.0)" and len(dpm["grid"]) == dpm["steps"] + 1 and dpm["nfe"] <= 6
+    assert dpm["grid"] == [float(f"{t:.6g}") for t in sds.schedules.karras(7.0)(problem.process, dpm["steps"]).tolist()]
