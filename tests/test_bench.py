@@ -21,7 +21,7 @@ GRID = ["--solvers", "euler,heun,ddim,dpmsolverpp:order=2,edmheun,eulermaruyama,
 def ring8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     assert main(["bench", "--gmm", "ring8", *GRID, "--peers", "kdiffusion:dpmpp_2m,kdiffusion:euler,torchdiffeq:dopri5",
-                 "--n", "96", "--batch-size", "40", "--reference-n", "500", "--seed", "3", "--quiet",
+                 "--n", "96", "--batch-size", "40", "--reference-n", "500", "--seed", "3", "--quiet", "--bootstrap", "100",
                  "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 

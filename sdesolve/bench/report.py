@@ -339,13 +339,15 @@ def markdown(results: dict) -> str:
            f"sdesolve {meta['sdesolve']}" + (f"; load average {meta['load_average']}" if "load_average" in meta else ""),
            f"- process: {meta['process']}",
            "- metrics: " + "; ".join(q.get("labels", {}).get(k, k) for k in q["metrics"]),
-           (f"- intervals: {boot.get('level', 0.95):.0%} paired percentile bootstrap, {boot.get('replicates')} "
+           (f"- intervals: {boot.get('level', 0.95):.0%} paired bootstrap (percentile, re-centred on the estimate), {boot.get('replicates')} "
             "resamples of the sample indices shared by all rows; a difference whose interval contains 0 is "
             f"'{NOT_RESOLVED}'" if a.get("intervals") else "- intervals: none (no bootstrap): point estimates decide"),
            f"- timing: warm-up on {meta.get('warmup')} samples, then {meta.get('repeats', 1)}+ timed batches of "
            f"{meta.get('timed_batch', meta['batch_size'])} samples per row; seconds = median time per sample x n "
            "[fastest, slowest repeat]",
-           f"- benchmark wall time: {results['bench_seconds']:.1f} s", ""]
+           f"- benchmark wall time: {results['bench_seconds']:.1f} s"
+           + (f", of which metrics and their intervals {meta['metric_seconds']:.1f} s" if "metric_seconds" in meta
+              else ""), ""]
     fl = results.get("floor") or {}
     if fl:
         parts = [f"{k} {_g(v)}" + (f" ± {_g(fl[k + '_std'], 2)}" if fl.get(k + "_std") else "")

@@ -306,6 +306,7 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
     bar = _progress(entries, progress and rank == 0)
     say = (lambda s: (bar.write(s) if bar is not None else log(s))) if rank == 0 else (lambda s: None)
     start = time.perf_counter()
+    metric_seconds = 0.0
     step_cache = {}
     for entry in entries:
         s = entry.sampler
@@ -372,11 +373,13 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
                 metrics = {m: float("nan") for m in quality.names}
                 error = "non-finite samples"
             else:
+                t_m = time.perf_counter()
                 for m in quality.metrics:
                     v = boot.evaluate(m, rep)
                     reps[m.name] = v
                     r = interval_record(v, level)
                     metrics[m.name], intervals[m.name] = r["value"], [r["lo"], r["hi"]]
+                metric_seconds += time.perf_counter() - t_m
         total_calls, total_batches, total_evals = float(counts[1]), int(counts[2]), float(counts[3])
         nfe = total_calls / total_batches if total_batches else float("nan")
         row = {
@@ -413,6 +416,7 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
             "meta": {"problem": problem.name, "problem_info": problem.info, "n": n, "seed": seed,
                      "batch_size": batch_size, "timed_batch": batch, "repeats": repeats, "warmup": warmup,
                      "bootstrap": boot.describe() if boot is not None else {}, "level": level,
+                     "metric_seconds": round(metric_seconds, 2),
                      "quality": quality.describe(),
                      "sample_shape": list(shape), "process": repr(problem.process),
                      "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
