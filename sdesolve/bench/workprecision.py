@@ -117,8 +117,9 @@ def markdown(results: dict) -> str:
            f"- {meta['n']} samples from the same x_T (sha1 {rows[0]['x_T_sha1'] if rows else '–'}), seed {meta['seed']}; "
            f"device {meta['device']} — {meta['device_name']}; torch {meta['torch']}",
            f"- reference: {wp['reference']} tol={wp['reference_tolerance']:g} "
-           f"({_g(wp['reference_nfe_per_sample'], 4)} NFE/sample); its own error, estimated against "
-           f"{wp['check']}: {_g(wp['reference_error_estimate'])} — errors near it measure the reference",
+           f"({_g(wp['reference_nfe_per_sample'], 4)} NFE/sample); the check {wp['check']} differs from it by "
+           f"{_g(wp['reference_error_estimate'])}, an upper bound on the reference's own error: errors near it "
+           "measure the reference",
            f"- error: {meta['quality']['labels']['error']}; interval: {lvl:.0%} paired bootstrap over samples",
            f"- time: median over {meta.get('repeats')}+ timed batches of {meta.get('timed_batch')} samples, "
            "x n [fastest, slowest]", "",
