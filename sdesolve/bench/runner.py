@@ -401,11 +401,12 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
         }
         rows.append(row)
         replicates.append(reps)
-        m = metrics.get(quality.primary)
+        m = metrics.get(quality.primary, float("nan"))
         ci = intervals.get(quality.primary)
-        say(f"{entry.label:42s} NFE {row['nfe']!s:>7s}  {row['seconds']:8.2f} s  {quality.primary} {m:.4g}"
-            + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci and math.isfinite(ci[0]) else "")
-            + (f"  ERROR {error}" if error else ""))
+        if rank == 0:
+            say(f"{entry.label:42s} NFE {row['nfe']!s:>7s}  {row['seconds']:8.2f} s  {quality.primary} {m:.4g}"
+                + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci and math.isfinite(ci[0]) else "")
+                + (f"  ERROR {error}" if error else ""))
         if bar is not None:
             bar.update(1)
     if bar is not None:
