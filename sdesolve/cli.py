@@ -2,7 +2,9 @@
 
     sdesolve train  --data DATA --model mlp|unet --process vp|subvp|ve|edm --steps N --out DIR
     sdesolve sample --checkpoint DIR --solver NAME[:key=value,...] --nfe N --n COUNT --seed S --out FILE
-    sdesolve bench  --checkpoint DIR | --gmm NAME --solvers LIST --nfe LIST --n COUNT --seed S --out DIR
+    sdesolve bench  --checkpoint DIR | --gmm NAME|FILE.json --solvers LIST --nfe LIST --n COUNT --seed S --out DIR
+                    [--metrics LIST] [--features NET] [--work-precision] [--optimized-grids dp,learned]
+    sdesolve likelihood --checkpoint DIR --data FILE|DATASET [--solver dopri5:rtol=1e-5,atol=1e-5] [--trace exact]
     sdesolve schedule --checkpoint DIR | --gmm NAME --solver SPEC --nfe N --method dp|learned --out grid.pt
 
 ``sample`` and ``bench`` shard their samples over the ranks of a ``torchrun`` job (rank r takes
@@ -39,6 +41,8 @@ from .train.spec import build
 from .train.trainer import TrainConfig, Trainer
 from .bench import peers as bench_peers, problems as bench_problems
 from . import grid_optimization as gridopt
+from .likelihood import ExactTrace, Hutchinson
+from .metrics import DigitsClassifierFeatures, MnistClassifierFeatures
 
 __all__ = ["main", "build_parser", "TABLE", "solver_from_spec", "parse_value", "peer_from_spec"]
 
@@ -84,8 +88,10 @@ TABLE = {
     "peer": {"kdiffusion": bench_peers.KDiffusion, "diffusers-ddim": bench_peers.Diffusers.ddim,
              "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
              "diffusers-unipc": bench_peers.Diffusers.unipc, "torchdiffeq": bench_peers.Torchdiffeq,
-             "torchsde": bench_peers.Torchsde},
+             "torchsde": bench_peers.Torchsde, "torchode": bench_peers.Torchode},
     "grid_method": {"dp": gridopt.DynamicProgramming, "learned": gridopt.Learned},
+    "features": {"digits": DigitsClassifierFeatures, "mnist": MnistClassifierFeatures},
+    "trace": {"exact": ExactTrace, "hutchinson": Hutchinson},
 }
 
 
@@ -430,15 +436,21 @@ def cmd_bench(args) -> int:
 
     device = bdist.local_device(args.device)
     rank, world = bdist.init(device)
-    if args.checkpoint:
-        try:
+    metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    try:
+        if args.checkpoint:
+            features = _pick("features", args.features) if args.features else None
             problem = bench_problems.checkpoint_problem(args.checkpoint, device=device, ema=not args.raw_weights,
-                                                        inception=args.inception, reference=args.reference_images)
-        except (CheckpointError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-            raise SystemExit(f"sdesolve bench: {e}") from None
-    else:
-        problem = bench_problems.mixture_problem(_pick("gmm", args.gmm)(), args.gmm.lower(),
-                                                 reference_n=args.reference_n)
+                                                        inception=args.inception, reference=args.reference_images,
+                                                        metrics=metrics, features=features)
+        elif args.gmm.lower().endswith(".json"):
+            problem = bench_problems.mixture_problem(bench_problems.mixture_from_json(args.gmm), Path(args.gmm).name,
+                                                     reference_n=args.reference_n, metrics=metrics)
+        else:
+            problem = bench_problems.mixture_problem(_pick("gmm", args.gmm)(), args.gmm.lower(),
+                                                     reference_n=args.reference_n, metrics=metrics)
+    except (CheckpointError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+        raise SystemExit(f"sdesolve bench: {e}") from None
     try:
         specs = _spec_list(args.solvers)
         solvers = [solver_from_spec(s) for s in specs]
@@ -454,6 +466,8 @@ def cmd_bench(args) -> int:
     else:
         peers = [peer_from_spec(s) for s in _spec_list(args.peers)]
     reference = None
+    if args.work_precision:
+        args.reference = "none"
     if args.reference.strip().lower() != "none":
         spec, at, budget = args.reference.rpartition("@")
         if not at:
@@ -468,8 +482,19 @@ def cmd_bench(args) -> int:
         entries += runner.grid([], nfe, tols, peers)
     except ValueError as e:
         raise SystemExit(f"sdesolve bench: {e}") from None
-    results = runner.run(problem, entries, n=args.n, seed=args.seed, batch_size=args.batch_size, device=device,
-                         warmup=args.warmup, progress=not args.quiet)
+    opts = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, device=device, warmup=args.warmup,
+                repeats=args.repeats, bootstrap=args.bootstrap, level=args.level, progress=not args.quiet)
+    try:
+        if args.work_precision:
+            from .bench import workprecision
+            entries = [e for e in entries if not e.sampler.stochastic]
+            results = workprecision.work_precision(problem, entries, reference=solver_from_spec(args.reference_solver),
+                                                   **opts)
+            report = workprecision
+        else:
+            results = runner.run(problem, entries, **opts)
+    except ValueError as e:
+        raise SystemExit(f"sdesolve bench: {e}") from None
     if rank == 0:
         import shlex
         argv = args.argv if getattr(args, "argv", None) is not None else sys.argv[1:]
@@ -602,6 +627,88 @@ def _add_schedule(sub):
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     _add_grid_options(p)
     p.set_defaults(func=cmd_schedule, seed=None)
+# --- likelihood --------------------------------------------------------------------------------
+def cmd_likelihood(args) -> int:
+    """NLL of a data set under a trained checkpoint by the probability-flow ODE: nats per point
+    and, for quantized images, bits per dimension with uniform dequantization; a confidence
+    interval over data points and dequantization draws. Under torchrun the points are sharded."""
+    import json
+    from .bench import distributed as bdist
+    from .bench.nll import dataset_nll, quantization_levels
+
+    device = bdist.local_device(args.device or "cpu")
+    rank, world = bdist.init(device)
+    try:
+        trained = load_trained(args.checkpoint, ema=not args.raw_weights)
+    except CheckpointError as e:
+        raise SystemExit(f"sdesolve likelihood: {e}") from None
+    if args.data.lower() in ("digits", "mnist"):
+        data = bench_problems.held_out_images(args.data.lower())[0]
+    else:
+        try:
+            data = datasets.load_path(Path(args.data)).float()
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"sdesolve likelihood: --data {args.data}: {e}") from None
+    if args.n:
+        data = data[: args.n]
+    solver = solver_from_spec(args.solver)
+    if not getattr(solver, "adaptive", False) or solver.stochastic:
+        raise SystemExit(f"sdesolve likelihood: --solver must be an adaptive ODE solver, got {args.solver!r}")
+    trace = _pick("trace", args.trace)(probes=args.probes) if args.trace == "hutchinson" else _pick("trace", args.trace)()
+    rng = trained.scaling.data_range
+    levels = None
+    if rng is not None and len(trained.sample_shape) == 3 and not args.continuous:
+        levels = args.levels or quantization_levels(data, rng)
+        if levels is None:
+            raise SystemExit(f"sdesolve likelihood: the images do not lie on a grid of at most 256 levels over "
+                             f"{rng}; give --levels L or --continuous")
+    try:
+        res = dataset_nll(trained, data, solver=solver, trace=trace, levels=levels, dequantizations=args.dequantizations,
+                          seed=args.seed, batch_size=args.batch, device=device, level=args.level)
+    except ValueError as e:
+        raise SystemExit(f"sdesolve likelihood: {e}") from None
+    if rank == 0:
+        res["checkpoint"], res["data"], res["world_size"] = str(trained.path), args.data, world
+        nl = res["nll_nats"]
+        line = (f"NLL {nl['mean']:.4f} nats per point [{nl['lo']:.4f}, {nl['hi']:.4f}] "
+                f"({res['n']} points x {res['dequantizations']} draws, {args.level:.0%} interval)")
+        if "bits_per_dim" in res:
+            b = res["bits_per_dim"]
+            line = (f"bits/dim {b['mean']:.4f} [{b['lo']:.4f}, {b['hi']:.4f}] ({res['levels']} levels, sd within "
+                    f"point {b['sd_within_point']:.3g}); " + line)
+        print(line + f"; {type(solver).__name__} rtol={solver.rtol:g}, {res['trace']}; {res['nfe_total']:.0f} field "
+              f"calls in {res['seconds']:.1f} s on {world} process(es)")
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+            tmp.write_text(json.dumps(res, indent=1))
+            os.replace(tmp, out)
+    bdist.finish()
+    return 0
+
+
+def _add_likelihood(sub):
+    p = sub.add_parser("likelihood", help="NLL / bits per dim of data under a checkpoint",
+                       description=cmd_likelihood.__doc__)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
+    p.add_argument("--data", required=True, help="digits or mnist (their held-out split), or a .npy/.npz file or "
+                                                 "image folder, in the checkpoint's data space")
+    p.add_argument("--n", type=int, help="use the first N data points")
+    p.add_argument("--solver", default="dopri5:rtol=1e-5,atol=1e-5", help="adaptive ODE solver spec")
+    p.add_argument("--trace", default="hutchinson", choices=sorted(TABLE["trace"]), help="divergence estimator")
+    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per point")
+    p.add_argument("--dequantizations", type=int, default=1, help="uniform dequantization draws per image")
+    p.add_argument("--levels", type=int, help="quantization levels of the images (default: found from the data)")
+    p.add_argument("--continuous", action="store_true", help="treat images as continuous data (no dequantization)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=64, help="points per batch (aligned to global indices)")
+    p.add_argument("--out", help="write the result (with per-point values) as JSON")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=cmd_likelihood)
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -674,7 +781,9 @@ def _add_bench(sub):
                        description=cmd_bench.__doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="a trained checkpoint (file or directory) of images")
-    what.add_argument("--gmm", help=f"a Gaussian mixture with exact scores: {', '.join(sorted(TABLE['gmm']))}")
+    what.add_argument("--gmm", help=f"a Gaussian mixture with exact scores: {', '.join(sorted(TABLE['gmm']))}, or a "
+                                    "JSON file {\"weights\": [K], \"means\": [K][D], \"variances\": [K] | [K][D] | "
+                                    "[K][D][D]}")
     p.add_argument("--solvers", default="eulermaruyama,euler,heun,ddim,dpmsolverpp:order=2,unipc:order=2,edmheun,"
                                         "dpmsolver:order=2,adaptivesde,dopri5",
                    help="comma-separated solver specs (class name with optional args, e.g. dpmsolverpp:order=3)")
@@ -695,7 +804,22 @@ def _add_bench(sub):
     p.add_argument("--warmup", type=int, default=8, help="samples of each row's untimed warm-up run (0: none)")
     p.add_argument("--reference-n", type=int, default=10000, help="exact samples of the mixture to compare with")
     p.add_argument("--reference-images", help="held-out images for a checkpoint whose data set has no known split")
-    p.add_argument("--inception", help="pt_inception-2015-12-05 weights file: adds FID")
+    p.add_argument("--inception", help="pt_inception-2015-12-05 weights file: adds FID (and KID in its features)")
+    p.add_argument("--metrics", help="metrics to compute: fd,kid for images (default both); sw,mmd,energy for "
+                                     "vectors, with nll,tv for a mixture (default all that apply)")
+    p.add_argument("--features", choices=sorted(TABLE["features"]),
+                   help="feature network for images (default: digits for 8x8, mnist for 28x28); one that does not "
+                        "fit the images is refused")
+    p.add_argument("--bootstrap", type=int, default=400,
+                   help="bootstrap resamples of the sample indices for the paired intervals (default 400; 0: none)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed batches per row at least (the row's samples split; median and range; default 3)")
+    p.add_argument("--work-precision", action="store_true",
+                   help="deterministic samplers only: error against a tight reference solve from the same x_T vs "
+                        "NFE and wall time (work_precision.md/.json/.png)")
+    p.add_argument("--reference-solver", default="dopri5:rtol=1e-6,atol=1e-6",
+                   help="the tight solve of --work-precision (default dopri5:rtol=1e-6,atol=1e-6)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, help="directory for results.json, results.md, pareto.png")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -715,6 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_bench(sub)
     _add_schedule(sub)
+    _add_likelihood(sub)
     return parser
 
 

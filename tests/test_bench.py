@@ -21,7 +21,7 @@ GRID = ["--solvers", "euler,heun,ddim,dpmsolverpp:order=2,edmheun,eulermaruyama,
 def ring8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     assert main(["bench", "--gmm", "ring8", *GRID, "--peers", "kdiffusion:dpmpp_2m,kdiffusion:euler,torchdiffeq:dopri5",
-                 "--n", "96", "--batch-size", "40", "--reference-n", "500", "--seed", "3", "--quiet",
+                 "--n", "96", "--batch-size", "40", "--reference-n", "500", "--seed", "3", "--quiet", "--bootstrap", "100",
                  "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -48,9 +48,9 @@ def test_bench_writes_json_markdown_and_plot(ring8_run):
             for key in ("sampler", "nfe", "nfe_per_sample", "seconds", "samples_per_s", "metrics"):
                 assert r[key] is not None, (r["sampler"], key)
             assert (r["tolerance"] is not None) == r["adaptive"] == (r["nfe_requested"] is None)
-            assert set(r["metrics"]) >= {"sw", "nll", "tv", "proportions"}
+            assert set(r["metrics"]) == {"sw", "mmd", "energy", "nll", "tv"} == set(r["intervals"])
             assert r["seconds"] > 0 and math.isclose(r["samples_per_s"], 96 / r["seconds"])
-            assert math.isclose(sum(r["metrics"]["proportions"]), 1.0, abs_tol=1e-5)
+            assert r["timing"]["repeats"] >= 3 and r["seconds_lo"] <= r["seconds"] <= r["seconds_hi"]
     md = (out / "results.md").read_text()
     assert "| sampler |" in md and "NFE to get within 10% of the reference" in md and "Pareto fronts" in md
     assert "floor" in md.lower()
@@ -238,12 +238,13 @@ def test_frechet_quality_on_a_checkpoint_caches_reference_statistics(tmp_path, m
     problem = bench.checkpoint_problem(ckpt)
     cached = list((tmp_path / "cache" / "reference_stats").glob("fd_digits-digits-*.npz"))
     assert len(cached) == 1
-    ref = problem.quality.features["fd_digits"][1]
-    assert ref.n == 359  # the held-out split
+    assert problem.quality.names == ["fd_digits", "kid_digits"]
+    assert problem.quality.info["reference_n"] == 359  # the held-out split
+    ref = problem.quality.metrics[0].metric.mu_r
     stamp = cached[0].stat().st_mtime_ns
     problem = bench.checkpoint_problem(ckpt)  # read back, not recomputed
     assert cached[0].stat().st_mtime_ns == stamp
-    assert torch.allclose(problem.quality.features["fd_digits"][1].mean, ref.mean)
+    assert torch.allclose(problem.quality.metrics[0].metric.mu_r, ref)
     res = runner.run(problem, runner.grid([sds.DDIM()], [3], ()), n=40, progress=False, log=lambda s: None)
     fd = res["rows"][0]["metrics"]["fd_digits"]
     floor = res["floor"]

@@ -1,25 +1,36 @@
-"""What a benchmark run writes: ``results.json``, ``results.md`` and ``pareto.png``.
+"""What a benchmark run writes: ``results.json``, ``results.md``, ``summary.md`` and ``pareto.png``.
 
-The analysis (:func:`analyse`), computed from the rows alone:
+The analysis (:func:`analyse`) compares rows through paired intervals (:mod:`sdesolve.bench.paired`):
+every row starts from the same x_T, and one bootstrap over sample indices, shared by all rows,
+gives each metric an interval and each difference between two rows an interval of its own. A
+difference whose interval contains 0 is *not resolved at this n*: it is never counted as a win.
+Without bootstrap replicates (``--bootstrap 0``) the point estimates decide, and the report says
+so.
 
-* Pareto fronts: a row is on the front of (cost, metric) when no other row has both a lower or
-  equal cost and a lower or equal metric, one of them strictly lower; costs are the wall time
-  and the model evaluations per sample. Rows that failed or have a non-finite metric are not
-  candidates.
-* Within 10% of the reference: for each sampler (its rows ordered by evaluations per sample),
-  the first row whose primary metric is at most (1 + 0.1) times the reference row's (e.g. 1000
-  Euler-Maruyama steps), with its cost and its speed-up over the reference. The same for the
-  deterministic samplers against the probability-flow ODE's limit, estimated by sdesolve's
-  adaptive ODE row at the tightest tolerance (all deterministic samplers from one x_T converge to
-  that one set of samples, whose metric differs from the reverse SDE's where the score is inexact).
-* Peers: each peer row beside the sdesolve row of its counterpart at the same budget or
-  tolerance, the ratios of their metrics and wall times, and whether it is on a front.
+* Each row against the reference row (e.g. 1000 Euler-Maruyama steps): the paired difference of
+  every metric with its interval, and its status: better, worse or not resolved.
+* Pareto fronts of (cost, primary metric), cost the wall time (median over the timing repeats)
+  or the model evaluations per sample: row j dominates row i when j costs at most as much and
+  either j's metric is resolved lower, or the two are not resolved apart and j costs strictly
+  less. The front is the rows nothing dominates: a row is on it only where its advantage over
+  every cheaper row is resolved. Rows on the point-estimate front that fall off are listed as not
+  resolved at this n.
+* Within 10% of the reference: for each sampler family, its first row (by evaluations per sample)
+  whose metric is resolved below 1.1 times the reference's (the interval of m_row - 1.1 m_ref
+  lies below 0) and whose speed-up is resolved (its slowest timing repeat beats the reference's
+  fastest). A family with no such row is "not resolved at this n" when some row's comparison is
+  unresolved, "not within" otherwise. The same for the deterministic samplers against the
+  probability-flow ODE's limit, estimated by sdesolve's adaptive ODE row at the tightest tolerance.
+* Peers: each peer row beside the sdesolve row of its counterpart at the same budget or tolerance,
+  the ratio of their metrics with the paired difference's status, and the ratio of wall times.
+* Summary (``summary.md``): the best row at each NFE budget with its interval and the rows not
+  resolved from it, the reference and the ODE limit, and where the peers stand.
 
 The plot has two panels, metric against wall time and against evaluations per sample, both
-log-log; sdesolve samplers are circles joined by solid lines, peers diamonds joined by dashed
-lines, the reference a star, the fronts a black staircase with ringed points; dotted lines mark
-the reference metric, 1.1 times it, the probability-flow ODE's limit and the floor (real or exact
-data of the same size).
+log-log, with error bars (the metric's interval; the timing repeats' range); sdesolve samplers are
+circles joined by solid lines, peers diamonds joined by dashed lines, the reference a star, the
+fronts a black staircase with ringed points; dotted lines mark the reference metric, 1.1 times
+it, the probability-flow ODE's limit and the floor (real or exact data of the same size).
 """
 from __future__ import annotations
 
@@ -27,9 +38,14 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["pareto_front", "analyse", "markdown", "plot", "write"]
+import torch
+
+from .paired import compare
+
+__all__ = ["pareto_front", "resolved_front", "analyse", "markdown", "summary", "plot", "write"]
 
 WITHIN = 0.10
+NOT_RESOLVED = "not resolved at this n"
 
 
 def _finite(v) -> bool:
@@ -52,6 +68,32 @@ def pareto_front(points) -> list:
     return out
 
 
+def resolved_front(costs, sign) -> list:
+    """Pareto front with resolved comparisons: ``costs[i]`` (None/non-finite: not a candidate)
+    and ``sign(j, i)`` in {-1, 0, +1}, the resolved sign of metric_j - metric_i (0: not resolved;
+    None: either metric missing). Row j dominates row i when cost_j <= cost_i and either
+    sign(j, i) = -1, or sign(j, i) = 0 and cost_j < cost_i."""
+    n = len(costs)
+    ok = [_finite(c) for c in costs]
+    out = []
+    for i in range(n):
+        if not ok[i] or sign(i, i) is None:
+            out.append(False)
+            continue
+        dom = False
+        for j in range(n):
+            if j == i or not ok[j] or costs[j] > costs[i]:
+                continue
+            sj = sign(j, i)
+            if sj is None:
+                continue
+            if sj < 0 or (sj == 0 and costs[j] < costs[i]):
+                dom = True
+                break
+        out.append(not dom)
+    return out
+
+
 def _metric(row, primary):
     if row.get("error"):
         return None
@@ -59,18 +101,86 @@ def _metric(row, primary):
     return v if _finite(v) else None
 
 
+class _Paired:
+    """Paired comparisons of rows from their bootstrap values (or point estimates without)."""
+
+    def __init__(self, results):
+        self.rows = results["rows"]
+        self.reps = results.get("_replicates")
+        self.level = results["meta"].get("level", 0.95)
+        self.have = bool(self.reps) and any(len(v) for r in self.reps for v in r.values()) and all(
+            v.numel() > 1 for r in self.reps for v in r.values())
+        self._cache = {}
+
+    def values(self, i, metric):
+        if self.rows[i].get("error"):
+            return None
+        if self.have:
+            v = self.reps[i].get(metric)
+            return v if v is not None and torch.isfinite(v[0]) else None
+        m = self.rows[i]["metrics"].get(metric)
+        return torch.tensor([float(m)], dtype=torch.float64) if _finite(m) else None
+
+    def cmp(self, i, j, metric, factor=1.0):
+        """metric_i - factor * metric_j with its interval and resolved sign (None if missing)."""
+        key = (i, j, metric, factor)
+        if key not in self._cache:
+            a, b = self.values(i, metric), self.values(j, metric)
+            if a is None or b is None:
+                self._cache[key] = None
+            elif self.have:
+                self._cache[key] = compare(a, factor * b, self.level)
+            else:
+                d = float(a[0] - factor * b[0])
+                self._cache[key] = {"diff": d, "lo": None, "hi": None, "resolved": d != 0,
+                                    "sign": (d > 0) - (d < 0)}
+        return self._cache[key]
+
+    def sign(self, i, j, metric):
+        c = self.cmp(i, j, metric)
+        return None if c is None else (0 if i == j else c["sign"])
+
+
+def _speed_resolved(row, target) -> bool:
+    """The row's slowest timing repeat beats the target's fastest."""
+    hi, lo = row.get("seconds_hi"), target.get("seconds_lo")
+    if _finite(hi) and _finite(lo):
+        return hi < lo
+    return _finite(row.get("seconds")) and _finite(target.get("seconds")) and row["seconds"] < target["seconds"]
+
+
 def analyse(results: dict, within: float = WITHIN) -> dict:
     rows, primary = results["rows"], results["meta"]["quality"]["primary"]
+    metrics = results["meta"]["quality"].get("metrics", [primary])
+    P = _Paired(results)
     ms = [_metric(r, primary) for r in rows]
-    front_t = pareto_front([(r["seconds"], m) for r, m in zip(rows, ms)])
-    front_n = pareto_front([(r["nfe_per_sample"], m) for r, m in zip(rows, ms)])
+    front_t_point = pareto_front([(r["seconds"], m) for r, m in zip(rows, ms)])
+    front_n_point = pareto_front([(r["nfe_per_sample"], m) for r, m in zip(rows, ms)])
+
+    def sgn(j, i):
+        return P.sign(j, i, primary)
+
+    front_t = resolved_front([r["seconds"] if ms[i] is not None else None for i, r in enumerate(rows)], sgn)
+    front_n = resolved_front([r["nfe_per_sample"] if ms[i] is not None else None for i, r in enumerate(rows)], sgn)
     ref_i = next((i for i, r in enumerate(rows) if r["reference"]), None)
     ref = rows[ref_i] if ref_i is not None else None
     ref_m = ms[ref_i] if ref_i is not None else None
 
+    vs_ref = []
+    for i in range(len(rows)):
+        entry = {}
+        if ref_i is not None and i != ref_i:
+            for k in metrics:
+                c = P.cmp(i, ref_i, k)
+                if c is not None:
+                    entry[k] = {**c, "status": ("better" if c["sign"] < 0 else "worse") if c["resolved"]
+                                else "not resolved"}
+        vs_ref.append(entry)
+
     def reach_of(target_i, keep):
         """Per sampler family (rows kept by ``keep``, without the target row itself): its first
-        row, by evaluations per sample, within ``within`` of the target row's metric."""
+        row, by evaluations per sample, resolved within ``within`` of the target's metric with a
+        resolved speed-up."""
         target, target_m = rows[target_i], ms[target_i]
         fams = {}
         for i, r in enumerate(rows):
@@ -79,24 +189,37 @@ def analyse(results: dict, within: float = WITHIN) -> dict:
         out = []
         for fam, idx in fams.items():
             idx = sorted(idx, key=lambda i: rows[i]["nfe_per_sample"])
-            hit = next((i for i in idx if ms[i] is not None and ms[i] <= (1.0 + within) * target_m), None)
             entry = {"sampler": fam, "library": rows[idx[0]]["library"], "peer": rows[idx[0]]["peer"],
                      "adaptive": rows[idx[0]]["adaptive"]}
-            if hit is None:
+            tests = {i: P.cmp(i, target_i, primary, 1.0 + within) for i in idx}
+            hit = next((i for i in idx if tests[i] is not None and tests[i]["sign"] < 0
+                        and _speed_resolved(rows[i], target)), None)
+            quality_only = next((i for i in idx if tests[i] is not None and tests[i]["sign"] < 0), None)
+            unresolved = next((i for i in idx if tests[i] is not None and tests[i]["sign"] == 0), None)
+            if hit is not None:
+                r = rows[hit]
+                entry.update(reached=True, status="within", row=r["sampler"], nfe=r["nfe"],
+                             nfe_per_sample=r["nfe_per_sample"], tolerance=r["tolerance"], metric=ms[hit],
+                             interval=r.get("intervals", {}).get(primary), seconds=r["seconds"],
+                             test=tests[hit],
+                             speedup=target["seconds"] / r["seconds"] if r["seconds"] else None)
+            else:
                 best = min((i for i in idx if ms[i] is not None), key=lambda i: ms[i], default=None)
                 entry.update(reached=False, max_nfe_per_sample=max(rows[i]["nfe_per_sample"] for i in idx),
                              best_metric=ms[best] if best is not None else None)
-            else:
-                r = rows[hit]
-                entry.update(reached=True, row=r["sampler"], nfe=r["nfe"], nfe_per_sample=r["nfe_per_sample"],
-                             tolerance=r["tolerance"], metric=ms[hit], seconds=r["seconds"],
-                             speedup=target["seconds"] / r["seconds"] if r["seconds"] else None)
+                if quality_only is not None:
+                    r = rows[quality_only]
+                    entry.update(status="within, speed-up " + NOT_RESOLVED, row=r["sampler"],
+                                 speedup=target["seconds"] / r["seconds"] if r["seconds"] else None)
+                elif unresolved is not None:
+                    r = rows[unresolved]
+                    entry.update(status=NOT_RESOLVED, row=r["sampler"], test=tests[unresolved])
+                else:
+                    entry.update(status="not within")
             out.append(entry)
         return out
 
     reach = reach_of(ref_i, lambda r: True) if ref_m is not None else []
-    # the probability-flow ODE's own limit: deterministic samplers from one x_T converge to one set
-    # of samples, estimated by sdesolve's adaptive ODE row at the tightest tolerance
     ode_i = min((i for i, r in enumerate(rows) if r["adaptive"] and not r["stochastic"] and not r["peer"]
                  and ms[i] is not None), key=lambda i: rows[i]["tolerance"], default=None)
     reach_ode = reach_of(ode_i, lambda r: not r["stochastic"]) if ode_i is not None else []
@@ -110,23 +233,50 @@ def analyse(results: dict, within: float = WITHIN) -> dict:
         if not r["peer"]:
             continue
         j = ours.get((r["counterpart"], r["nfe_requested"], r["tolerance"]))
-        p = {"sampler": r["sampler"], "nfe": r["nfe"], "metric": ms[i], "seconds": r["seconds"],
-             "front_time": front_t[i], "front_nfe": front_n[i], "counterpart": r["counterpart"] or None}
+        p = {"sampler": r["sampler"], "nfe": r["nfe"], "metric": ms[i], "interval": r.get("intervals", {}).get(primary),
+             "seconds": r["seconds"], "front_time": front_t[i], "front_nfe": front_n[i],
+             "counterpart": r["counterpart"] or None}
         if j is not None:
-            p.update(ours=rows[j]["sampler"], ours_nfe=rows[j]["nfe"], ours_metric=ms[j], ours_seconds=rows[j]["seconds"],
+            c = P.cmp(i, j, primary)
+            p.update(ours=rows[j]["sampler"], ours_nfe=rows[j]["nfe"], ours_metric=ms[j],
+                     ours_seconds=rows[j]["seconds"],
                      metric_ratio=ms[i] / ms[j] if ms[i] is not None and ms[j] else None,
+                     difference=c, status=(("better" if c["sign"] < 0 else "worse") if c["resolved"]
+                                           else "not resolved") if c else None,
                      time_ratio=r["seconds"] / rows[j]["seconds"] if rows[j]["seconds"] else None)
         peers.append(p)
-    return {"primary": primary, "within": within, "reference": ref["sampler"] if ref else None,
-            "reference_metric": ref_m, "reference_seconds": ref["seconds"] if ref else None,
+
+    budgets = sorted({r["nfe_requested"] for r in rows if not r["adaptive"] and not r["reference"]
+                      and r["nfe_requested"] is not None})
+    best_at = []
+    for b in budgets:
+        idx = [i for i, r in enumerate(rows) if r["nfe_requested"] == b and not r["adaptive"] and not r["reference"]
+               and ms[i] is not None]
+        if not idx:
+            continue
+        k = min(idx, key=lambda i: ms[i])
+        ties = [rows[i]["sampler"] for i in idx if i != k and P.sign(i, k, primary) == 0]
+        best_at.append({"budget": b, "best": rows[k]["sampler"], "library": rows[k]["library"], "metric": ms[k],
+                        "interval": rows[k].get("intervals", {}).get(primary), "nfe_per_sample": rows[k]["nfe_per_sample"],
+                        "not_resolved_from": ties, "candidates": len(idx)})
+
+    unresolved_t = [rows[i]["sampler"] for i in range(len(rows)) if front_t_point[i] and not front_t[i]]
+    unresolved_n = [rows[i]["sampler"] for i in range(len(rows)) if front_n_point[i] and not front_n[i]]
+    return {"primary": primary, "within": within, "intervals": P.have, "level": P.level,
+            "reference": ref["sampler"] if ref else None,
+            "reference_metric": ref_m, "reference_interval": ref.get("intervals", {}).get(primary) if ref else None,
+            "reference_seconds": ref["seconds"] if ref else None,
             "ode_reference": rows[ode_i]["sampler"] if ode_i is not None else None,
             "ode_reference_metric": ms[ode_i] if ode_i is not None else None,
+            "ode_reference_interval": rows[ode_i].get("intervals", {}).get(primary) if ode_i is not None else None,
             "ode_reference_seconds": rows[ode_i]["seconds"] if ode_i is not None else None, "reach_ode": reach_ode,
             "front_time": [rows[i]["sampler"] for i in sorted((i for i, f in enumerate(front_t) if f),
                                                               key=lambda i: rows[i]["seconds"])],
             "front_nfe": [rows[i]["sampler"] for i in sorted((i for i, f in enumerate(front_n) if f),
                                                              key=lambda i: rows[i]["nfe_per_sample"])],
-            "on_front_time": front_t, "on_front_nfe": front_n, "reach": reach, "peers": peers}
+            "front_time_not_resolved": unresolved_t, "front_nfe_not_resolved": unresolved_n,
+            "on_front_time": front_t, "on_front_nfe": front_n, "vs_reference": vs_ref, "reach": reach,
+            "peers": peers, "best_at_budget": best_at}
 
 
 def _g(v, digits=4):
@@ -139,16 +289,38 @@ def _g(v, digits=4):
     return str(v)
 
 
+def _ci(v, iv, digits=4):
+    """'v [lo, hi]' (or 'v' without an interval)."""
+    if iv and _finite(iv[0]) and _finite(iv[1]):
+        return f"{_g(v, digits)} [{_g(iv[0], 3)}, {_g(iv[1], 3)}]"
+    return _g(v, digits)
+
+
+def _grid_text(row) -> str:
+    g = row.get("grid")
+    if not g:
+        return "adaptive" if row.get("adaptive") else ("peer's own" if row.get("peer") else "–")
+    times = [f"{t:.3g}" for t in g]
+    body = " ".join(times) if len(times) <= 7 else " ".join(times[:4] + ["…"] + times[-2:])
+    return f"{row.get('schedule') or ''}: {body}"
+
+
 def _reach_table(reach, primary) -> list:
-    out = [f"| sampler | library | NFE | NFE/sample | tol | {primary} | seconds | speed-up |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [f"| sampler | library | NFE | NFE/sample | tol | {primary} [interval] | m - 1.1 m_target [interval] | "
+           "seconds | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
     for e in reach:
+        t = e.get("test") or {}
+        tcell = _ci(t.get("diff"), [t.get("lo"), t.get("hi")], 3) if t else ""
         if e["reached"]:
             out.append(f"| {e['sampler']} | {e['library']} | {_g(e['nfe'])} | {_g(e['nfe_per_sample'])} | "
-                       f"{_g(e['tolerance'])} | {_g(e['metric'])} | {e['seconds']:.3g} | {_g(e['speedup'], 3)}x |")
-        else:
+                       f"{_g(e['tolerance'])} | {_ci(e['metric'], e.get('interval'))} | {tcell} | {e['seconds']:.3g} | "
+                       f"{_g(e['speedup'], 3)}x |")
+        elif e["status"] == "not within":
             out.append(f"| {e['sampler']} | {e['library']} | not within at <= {_g(e['max_nfe_per_sample'])} "
-                       f"NFE/sample (best {primary} {_g(e['best_metric'])}) | | | | | |")
+                       f"NFE/sample (best {primary} {_g(e['best_metric'])}) | | | | | | |")
+        else:
+            out.append(f"| {e['sampler']} | {e['library']} | {e['status']} (first: {e['row']}) | | | | {tcell} | | "
+                       f"{_g(e.get('speedup'), 3) + 'x?' if e.get('speedup') else ''} |")
     return out + [""]
 
 
@@ -157,7 +329,8 @@ def markdown(results: dict) -> str:
     q = meta["quality"]
     primary = q["primary"]
     others = [k for k in q["metrics"] if k != primary]
-    mixture = q["kind"] == "mixture"
+    mixture = q.get("kind") == "mixture"
+    boot = meta.get("bootstrap") or {}
     out = [f"# Sampler benchmark: {meta['problem']}", "",
            f"- command: `{meta['command']}`",
            f"- {meta['n']} samples, seed {meta['seed']}, batch {meta['batch_size']}, "
@@ -165,28 +338,44 @@ def markdown(results: dict) -> str:
            f"- device: {meta['device']} — {meta['device_name']}; python {meta['python']}, torch {meta['torch']}, "
            f"sdesolve {meta['sdesolve']}" + (f"; load average {meta['load_average']}" if "load_average" in meta else ""),
            f"- process: {meta['process']}",
-           f"- metric: {q['label']}",
-           f"- benchmark wall time: {results['bench_seconds']:.1f} s", ""]
+           "- metrics: " + "; ".join(q.get("labels", {}).get(k, k) for k in q["metrics"]),
+           (f"- intervals: {boot.get('level', 0.95):.0%} paired bootstrap (percentile, re-centred on the estimate), {boot.get('replicates')} "
+            "resamples of the sample indices shared by all rows; a difference whose interval contains 0 is "
+            f"'{NOT_RESOLVED}'" if a.get("intervals") else "- intervals: none (no bootstrap): point estimates decide"),
+           f"- timing: warm-up on {meta.get('warmup')} samples, then {meta.get('repeats', 1)}+ timed batches of "
+           f"{meta.get('timed_batch', meta['batch_size'])} samples per row; seconds = median time per sample x n "
+           "[fastest, slowest repeat]",
+           f"- benchmark wall time: {results['bench_seconds']:.1f} s"
+           + (f", of which metrics and their intervals {meta['metric_seconds']:.1f} s" if "metric_seconds" in meta
+              else ""), ""]
     fl = results.get("floor") or {}
     if fl:
-        parts = [f"{k} {_g(v)}" + (f" ± {_g(fl[k + '_std'], 2)}" if k + "_std" in fl else "")
+        parts = [f"{k} {_g(v)}" + (f" ± {_g(fl[k + '_std'], 2)}" if fl.get(k + "_std") else "")
                  for k, v in fl.items() if k in q["metrics"]]
-        kind = "exact samples" if mixture else "real training images"
+        kind = fl.get("kind") or ("exact samples" if mixture else "real training images")
         what = f"{fl.get('sets', 1)} sets of {fl['n']} {kind}" if fl.get("sets", 1) > 1 else f"{fl['n']} {kind}"
         out += [f"Floor ({what}): " + ", ".join(parts), ""]
-    head = ["sampler", "library", "NFE budget", "NFE (stats.nfe)", "NFE/sample", "steps/tol", "seconds",
-            "samples/s", primary] + others + (["proportions"] if mixture else []) + ["front (time, NFE)"]
+    head = ["sampler", "library", "NFE budget", "NFE (stats.nfe)", "NFE/sample", "steps/tol", "seconds [range]",
+            f"{primary} [interval]", f"Δ{primary} vs reference [interval]"] + others + \
+        (["proportions"] if mixture and any(r["metrics"].get("proportions") for r in rows) else []) + \
+        ["front (time, NFE)", "time grid"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows):
         mark = ("T" if a["on_front_time"][i] else "") + ("N" if a["on_front_nfe"][i] else "")
         name = f"**{r['sampler']}** (reference)" if r["reference"] else r["sampler"]
+        iv = r.get("intervals", {})
+        vr = a["vs_reference"][i].get(primary) if a.get("vs_reference") else None
+        dcell = (f"{_ci(vr['diff'], [vr['lo'], vr['hi']], 3)} {vr['status']}" if vr else "")
+        secs = (f"{r['seconds']:.3g} [{r['seconds_lo']:.3g}, {r['seconds_hi']:.3g}]"
+                if _finite(r.get("seconds_lo")) else _g(r.get("seconds"), 3))
         cells = [name, r["library"], _g(r["nfe_requested"]), _g(r["nfe"]), _g(r["nfe_per_sample"]),
-                 _g(r["steps"]) if not r["adaptive"] else _g(r["tolerance"]), f"{r['seconds']:.3g}",
-                 _g(r["samples_per_s"], 3), _g(r["metrics"].get(primary)) + (" (failed)" if r["error"] else "")]
-        cells += [_g(r["metrics"].get(k)) for k in others]
-        if mixture:
+                 _g(r["steps"]) if not r["adaptive"] else _g(r["tolerance"]), secs,
+                 _ci(r["metrics"].get(primary), iv.get(primary)) + (" (failed)" if r["error"] else "")]
+        cells.append(dcell)
+        cells += [_ci(r["metrics"].get(k), iv.get(k), 3) for k in others]
+        if "proportions" in head:
             cells.append(" ".join(f"{p:.3f}" for p in r["metrics"].get("proportions", [])))
-        cells.append(mark or "")
+        cells += [mark or "", _grid_text(r)]
         out.append("| " + " | ".join(cells) + " |")
     errors = [r for r in rows if r["error"]]
     if errors:
@@ -196,38 +385,120 @@ def markdown(results: dict) -> str:
 
     out += ["", "NFE budget: what was asked; NFE: model calls of a batch (``stats.nfe``; mean over batches for "
             "adaptive rows); NFE/sample: model evaluations per sample (adaptive solvers evaluate only unfinished "
-            "samples). Front: T = on the Pareto front of metric against wall time, N = against NFE/sample.", ""]
+            "samples). Front: T = on the Pareto front of metric against wall time, N = against NFE/sample, counting "
+            "only resolved differences.", ""]
     if a["reference"] is not None:
         out += [f"## NFE to get within {a['within']:.0%} of the reference", "",
-                f"Reference: {a['reference']}, {primary} = {_g(a['reference_metric'])} in "
-                f"{_g(a['reference_seconds'], 3)} s; target {primary} <= {_g((1 + a['within']) * a['reference_metric'])}"
+                f"Reference: {a['reference']}, {primary} = {_ci(a['reference_metric'], a.get('reference_interval'))} "
+                f"in {_g(a['reference_seconds'], 3)} s. A row counts when the interval of {primary} - "
+                f"{1 + a['within']:g} x reference lies below 0 and its speed-up is resolved by the timing repeats."
                 if a["reference_metric"] is not None else f"Reference: {a['reference']} (failed)", ""]
         out += _reach_table(a["reach"], primary)
     if a.get("ode_reference") is not None:
         out += [f"## NFE to get within {a['within']:.0%} of the probability-flow ODE's limit", "",
                 "The deterministic samplers integrate the probability-flow ODE from the same x_T, so they converge "
                 "to one set of samples, whose metric differs from the reverse SDE's wherever the model's score is "
-                f"inexact. Its estimate: {a['ode_reference']}, {primary} = {_g(a['ode_reference_metric'])} in "
-                f"{_g(a['ode_reference_seconds'], 3)} s; target {primary} <= "
-                f"{_g((1 + a['within']) * a['ode_reference_metric'])}.", ""]
+                f"inexact. Its estimate: {a['ode_reference']}, {primary} = "
+                f"{_ci(a['ode_reference_metric'], a.get('ode_reference_interval'))} in "
+                f"{_g(a['ode_reference_seconds'], 3)} s.", ""]
         out += _reach_table(a["reach_ode"], primary)
-    out += ["## Pareto fronts", "", "Wall time: " + (" → ".join(a["front_time"]) or "–"), "",
-            "NFE/sample: " + (" → ".join(a["front_nfe"]) or "–"), ""]
+    out += ["## Pareto fronts (resolved differences only)", "",
+            "Wall time: " + (" → ".join(a["front_time"]) or "–"), ""]
+    if a.get("front_time_not_resolved"):
+        out += [f"On the point-estimate front but {NOT_RESOLVED}: " + ", ".join(a["front_time_not_resolved"]), ""]
+    out += ["NFE/sample: " + (" → ".join(a["front_nfe"]) or "–"), ""]
+    if a.get("front_nfe_not_resolved"):
+        out += [f"On the point-estimate front but {NOT_RESOLVED}: " + ", ".join(a["front_nfe_not_resolved"]), ""]
     if a["peers"]:
         out += ["## Peers beside their sdesolve counterparts", "",
                 f"| peer | NFE | {primary} | seconds | sdesolve counterpart | NFE | {primary} | seconds | "
-                f"{primary} ratio | time ratio | on front (time, NFE) |", "|" + "---|" * 11]
+                f"{primary} ratio | paired difference | time ratio | on front (time, NFE) |", "|" + "---|" * 12]
         for p in a["peers"]:
             front = ("T" if p["front_time"] else "") + ("N" if p["front_nfe"] else "")
             if "ours" in p:
-                out.append(f"| {p['sampler']} | {_g(p['nfe'])} | {_g(p['metric'])} | {p['seconds']:.3g} | {p['ours']} | "
-                           f"{_g(p['ours_nfe'])} | {_g(p['ours_metric'])} | {p['ours_seconds']:.3g} | "
-                           f"{_g(p['metric_ratio'], 3)} | {_g(p['time_ratio'], 3)} | {front} |")
+                d = p.get("difference")
+                dcell = f"{_ci(d['diff'], [d['lo'], d['hi']], 3)} {p['status']}" if d else "–"
+                out.append(f"| {p['sampler']} | {_g(p['nfe'])} | {_ci(p['metric'], p.get('interval'))} | "
+                           f"{p['seconds']:.3g} | {p['ours']} | {_g(p['ours_nfe'])} | {_g(p['ours_metric'])} | "
+                           f"{p['ours_seconds']:.3g} | {_g(p['metric_ratio'], 3)} | {dcell} | {_g(p['time_ratio'], 3)} | "
+                           f"{front} |")
             else:
-                out.append(f"| {p['sampler']} | {_g(p['nfe'])} | {_g(p['metric'])} | {p['seconds']:.3g} | "
-                           f"{p['counterpart'] or '–'} (not run) | | | | | | {front} |")
+                out.append(f"| {p['sampler']} | {_g(p['nfe'])} | {_ci(p['metric'], p.get('interval'))} | "
+                           f"{p['seconds']:.3g} | {p['counterpart'] or '–'} (not run) | | | | | | | {front} |")
         out.append("")
+    out += ["## Summary", "", summary(results)]
     return "\n".join(out) + "\n"
+
+
+def summary(results: dict) -> str:
+    """A few lines a reader can quote: the best row at each NFE budget with its interval (and
+    the rows not resolved from it), the reference, the ODE limit, and where the peers stand."""
+    meta, a = results["meta"], results["analysis"]
+    primary = a["primary"]
+    lvl = f"{a.get('level', 0.95):.0%} paired interval" if a.get("intervals") else "no intervals"
+    lines = [f"{meta['problem']}: {meta['n']} samples per row, {primary} ({lvl}; lower is better)."]
+    fl = results.get("floor") or {}
+    if _finite(fl.get(primary)):
+        lines.append(f"- floor ({fl['n']} {fl.get('kind', 'real/exact samples')}): {_g(fl[primary])}"
+                     + (f" ± {_g(fl[primary + '_std'], 2)}" if fl.get(primary + "_std") else ""))
+    if a.get("reference_metric") is not None:
+        lines.append(f"- reference {a['reference']}: {_ci(a['reference_metric'], a.get('reference_interval'))} "
+                     f"in {_g(a['reference_seconds'], 3)} s")
+    if a.get("ode_reference_metric") is not None:
+        lines.append(f"- probability-flow ODE limit ({a['ode_reference']}): "
+                     f"{_ci(a['ode_reference_metric'], a.get('ode_reference_interval'))}")
+    for b in a.get("best_at_budget", []):
+        ties = b["not_resolved_from"]
+        tie = (f"; not resolved from {', '.join(ties)}" if ties else "; resolved better than the other "
+               f"{b['candidates'] - 1}" if b["candidates"] > 1 else "")
+        lines.append(f"- best at {b['budget']} NFE: {b['best']} ({b['library']}) {_ci(b['metric'], b['interval'])}"
+                     + tie)
+    reached = [e for e in a.get("reach", []) if e["reached"]]
+    if reached:
+        e = min(reached, key=lambda e: e["nfe_per_sample"])
+        lines.append(f"- fewest NFE within {a['within']:.0%} of the reference (resolved): {e['row']} "
+                     f"({_g(e['nfe_per_sample'])} NFE/sample, {_g(e['speedup'], 3)}x faster)")
+    elif a.get("reach"):
+        lines.append(f"- no sampler is resolved within {a['within']:.0%} of the reference with a resolved speed-up "
+                     "at this n")
+    for p in a.get("peers", []):
+        if "ours" in p:
+            lines.append(f"- peer {p['sampler']}: {_ci(p['metric'], p.get('interval'))} vs {p['ours']} "
+                         f"{_g(p['ours_metric'])}: {p['status']}; time ratio {_g(p['time_ratio'], 3)}")
+        else:
+            lines.append(f"- peer {p['sampler']}: {_ci(p['metric'], p.get('interval'))} (no sdesolve counterpart run)")
+    for s in results.get("skipped", []):
+        lines.append(f"- peer {s['sampler']}: skipped ({s['reason']})")
+    return "\n".join(lines) + "\n"
+
+
+def _bars(rows, idx, primary, ms):
+    """Asymmetric error bars (2, k) from the rows' intervals of the primary metric (None if none)."""
+    lo, hi, any_ = [], [], False
+    for i in idx:
+        iv = rows[i].get("intervals", {}).get(primary)
+        if iv and _finite(iv[0]) and _finite(iv[1]):
+            lo.append(max(ms[i] - iv[0], 0.0))
+            hi.append(max(iv[1] - ms[i], 0.0))
+            any_ = True
+        else:
+            lo.append(0.0)
+            hi.append(0.0)
+    return [lo, hi] if any_ else None
+
+
+def _bars_time(rows, idx):
+    lo, hi, any_ = [], [], False
+    for i in idx:
+        r = rows[i]
+        if _finite(r.get("seconds_lo")) and _finite(r.get("seconds_hi")):
+            lo.append(max(r["seconds"] - r["seconds_lo"], 0.0))
+            hi.append(max(r["seconds_hi"] - r["seconds"], 0.0))
+            any_ = True
+        else:
+            lo.append(0.0)
+            hi.append(0.0)
+    return [lo, hi] if any_ else None
 
 
 def plot(results: dict, path) -> Path:
@@ -260,8 +531,14 @@ def plot(results: dict, path) -> Path:
             ax.plot(xs, ys, ls="--" if peer else "-", marker="D" if peer else "o", ms=6 if peer else 5,
                     color=colors[k], lw=1.2, label=(f"{k[1]}" if peer else k[1]) if ax is axes[0] else None,
                     mfc="white" if peer else colors[k])
+            yerr, xerr = _bars(rows, idx, primary, ms), _bars_time(rows, idx) if key == "seconds" else None
+            if yerr is not None or xerr is not None:
+                ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, ls="none", color=colors[k], lw=0.9, capsize=2)
         for i, r in enumerate(rows):
             if r["reference"] and ms[i] is not None:
+                yerr = _bars(rows, [i], primary, ms)
+                if yerr is not None:
+                    ax.errorbar([r[key]], [ms[i]], yerr=yerr, ls="none", color="black", lw=0.9, capsize=2)
                 ax.plot([r[key]], [ms[i]], marker="*", ms=16, color="gold", mec="black", ls="none",
                         label=f"reference: {r['sampler']}" if ax is axes[0] else None, zorder=5)
         pts = sorted((rows[i][key], ms[i]) for i, f in enumerate(front) if f)
@@ -284,7 +561,9 @@ def plot(results: dict, path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel(results["meta"]["quality"]["label"])
+    axes[0].set_ylabel(results["meta"]["quality"]["label"] + (
+        f"\nerror bars: {results['analysis'].get('level', 0.95):.0%} paired bootstrap; timing repeats' range"
+        if results["analysis"].get("intervals") else ""), fontsize=8)
     fig.suptitle(f"{results['meta']['problem']}: {results['meta']['n']} samples, {results['meta']['device_name']}",
                  fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -310,16 +589,27 @@ def _plain(obj):
     return str(obj)
 
 
+def _atomic(path: Path, text: str) -> None:
+    import os
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write(results: dict, out) -> dict:
-    """Add the analysis to ``results`` and write results.json, results.md and pareto.png into
+    """Add the analysis to ``results`` and write results.json, results.md, summary.md and pareto.png into
     the directory ``out``; returns their paths (the plot's is None without matplotlib)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results["analysis"] = analyse(results)
-    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "pareto.png"}
-    with open(paths["json"], "w") as f:
-        json.dump(_plain(results), f, indent=1, allow_nan=False)
-    paths["md"].write_text(markdown(results))
+    replicates = results.pop("_replicates", None)
+    paths = {"json": out / "results.json", "md": out / "results.md", "summary": out / "summary.md",
+             "png": out / "pareto.png"}
+    _atomic(paths["json"], json.dumps(_plain(results), indent=1, allow_nan=False))
+    _atomic(paths["md"], markdown(results))
+    _atomic(paths["summary"], summary(results))
+    if replicates is not None:
+        results["_replicates"] = replicates
     try:
         plot(results, paths["png"])
     except ImportError as e:  # the table and the record do not need matplotlib

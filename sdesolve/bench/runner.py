@@ -113,6 +113,9 @@ def fit_steps(count, budget: int, cache: dict | None = None) -> tuple[int, int]:
         s -= 1
     while c(s + 1) is not None and c(s + 1) <= budget:
         s += 1
+        if s > 4 * budget + 8:
+            raise ValueError(f"the sampler's model evaluations do not grow with its steps ({c(s)} at {s} steps); "
+                             "give it an explicit grid")
     return s, c(s)
 
 
@@ -120,27 +123,39 @@ def _standin(process):
     return Score(lambda x, t: -x)
 
 
-def _dry_nfe(sampler, process, steps: int) -> int:
+def _dry_nfe(sampler, process, steps: int, schedule=None) -> int:
     x = torch.zeros(1, 1, dtype=torch.float64)
     score = _standin(process)
     with torch.no_grad():
         if isinstance(sampler, Peer):
             return sampler.sample(process, score, x, steps=steps)[1]
-        return sds_sample(process, score, sampler, x_T=x, steps=steps, seed=0).stats.nfe
+        return sds_sample(process, score, sampler, x_T=x, steps=steps, schedule=schedule, seed=0).stats.nfe
+
+
+def schedule_name(schedule) -> str | None:
+    """Words for a schedule: a function's name, "grid of k steps" for an explicit tensor."""
+    if schedule is None:
+        return None
+    if isinstance(schedule, torch.Tensor):
+        return f"grid of {schedule.numel() - 1} steps"
+    return getattr(schedule, "__name__", None) or type(schedule).__name__
 
 
 @dataclass
 class Entry:
     """One row: ``sampler`` at an NFE budget ``nfe`` (fixed-step) or tolerance ``tol`` (adaptive).
-    ``reference`` marks the row the others are compared with (e.g. 1000 Euler-Maruyama steps)."""
+    ``schedule``: a schedule function (then the budget picks its number of steps) or an explicit
+    1-D tensor of times, T first (then its steps are the row's; ``nfe`` is what it costs), or
+    None for the solver's default. ``reference`` marks the row the others are compared with (e.g.
+    1000 Euler-Maruyama steps)."""
 
     sampler: object
     nfe: int | None = None
     tol: float | None = None
     reference: bool = False
-    #: an explicit grid (e.g. an optimized one) instead of the solver's default schedule, with its
-    #: name for the label and the seconds it took to make (reported apart from sampling time)
-    schedule: torch.Tensor | None = None
+    schedule: object = None
+    #: the method that optimized ``schedule`` (for the label) and the seconds it took (reported
+    #: apart from sampling time)
     grid: str | None = None
     grid_seconds: float | None = None
 
@@ -150,13 +165,18 @@ class Entry:
 
     @property
     def family(self) -> str:
-        return solver_label(self.sampler)
+        name = solver_label(self.sampler)
+        return f"{name} [{schedule_name(self.schedule)}]" if self.schedule is not None else name
 
     @property
     def label(self) -> str:
         if self.adaptive:
             return f"{self.family} tol={self.tol:g}"
-        return f"{self.family} @{self.nfe}" + (f" [{self.grid} grid]" if self.grid else "")
+        if self.grid:
+            return f"{solver_label(self.sampler)} @{self.nfe} [{self.grid} grid]"
+        if isinstance(self.schedule, torch.Tensor) and self.nfe is None:
+            return self.family
+        return f"{self.family} @{self.nfe}"
 
 
 def grid(solvers, nfe=(5, 10, 20, 50), tolerances=(1e-2, 1e-3), peers=(), reference: Entry | None = None) -> list:
@@ -222,6 +242,16 @@ def _one_batch(entry: Entry, problem, x_T, steps, seed, offset):
     return sol.y, int(sol.stats.nfe), int(sol.stats.sample_nfe)
 
 
+def row_grid(entry: Entry, process, steps) -> list | None:
+    """The time grid of a fixed-step sdesolve row (T first), None for adaptive rows and peers."""
+    s = entry.sampler
+    if isinstance(s, Peer) or entry.adaptive:
+        return None
+    sched = entry.schedule if entry.schedule is not None else s.default_schedule
+    grid = sched if isinstance(sched, torch.Tensor) else sched(process, steps)
+    return [float(f"{float(t):.6g}") for t in grid.to(torch.float64).reshape(-1)]
+
+
 def _progress(entries, enabled):
     if not enabled:
         return None
@@ -232,23 +262,57 @@ def _progress(entries, enabled):
     return tqdm(total=len(entries), desc="bench", dynamic_ncols=True, leave=False)
 
 
+def _timing(batch_times: list, batch_sizes: list, per_rank_n: int) -> dict:
+    """Median and spread (min, max) over the timed batches (repeats) of the time per sample,
+    across ranks the slowest rank's batch k; ``seconds`` = median per-sample time x the samples of
+    the largest shard (what the row costs at this n), ``seconds_lo`` / ``seconds_hi`` likewise from
+    the fastest and slowest repeat."""
+    t = torch.tensor(batch_times, dtype=torch.float64)
+    b = torch.tensor(batch_sizes, dtype=torch.float64)
+    if t.numel() == 0:
+        return {"repeats": 0, "seconds": float("nan"), "seconds_lo": float("nan"), "seconds_hi": float("nan")}
+    per = t / b
+    med = float(per.median()) if per.numel() % 2 else float(per.sort().values[per.numel() // 2 - 1:
+                                                                                per.numel() // 2 + 1].mean())
+    return {"repeats": int(t.numel()), "batch": int(b.max()), "ms_per_sample": 1e3 * med,
+            "ms_per_sample_min": 1e3 * float(per.min()), "ms_per_sample_max": 1e3 * float(per.max()),
+            "seconds": med * per_rank_n, "seconds_lo": float(per.min()) * per_rank_n,
+            "seconds_hi": float(per.max()) * per_rank_n}
+
+
 def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, device="cpu", warmup: int = 8,
-        progress: bool = True, log=print) -> dict:
+        repeats: int = 3, bootstrap: int = 400, level: float = 0.95, progress: bool = True, log=print) -> dict:
     """Run every entry on ``problem`` with n samples; returns the results: ``rows`` (one dict per
-    entry, the same on every rank), ``skipped`` (peers that cannot run, with the reason), ``floor``
-    (the quality of real or exact data of the same size; computed on rank 0 only),
-    ``bench_seconds`` and ``meta``. ``log`` receives one line per row (rank 0 only)."""
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    entry; metrics, intervals and comparisons on rank 0), ``skipped`` (peers that cannot run,
+    with the reason), ``floor`` (the quality of real or exact data of the same size; rank 0),
+    ``bench_seconds``, ``meta`` and ``_replicates`` (per row, {metric: (1 + bootstrap,) tensor},
+    for :func:`sdesolve.bench.report.analyse`; not written to JSON).
+
+    Timing: after an untimed warm-up on ``warmup`` samples, a row's samples are drawn in at least
+    ``repeats`` timed batches (batch = min(batch_size, ceil(shard / repeats))): the repeats of the
+    timing reuse the samples the metrics need. Intervals: a paired bootstrap with ``bootstrap``
+    resamples of the sample indices, the same for every row, at confidence ``level``
+    (:mod:`sdesolve.bench.paired`); ``bootstrap=0`` gives point estimates only."""
+    from .paired import Bootstrap, interval_record
+
+    if n < 2 or batch_size < 1:
+        raise ValueError(f"need n >= 2 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     device = torch.device(device)
     rank, world = dist.rank_world()
     lo, hi = dist.shard(n)
+    per_rank = max(hi_ - lo_ for lo_, hi_ in (dist.shard(n, r, world) for r in range(world)))
+    batch = max(1, min(batch_size, math.ceil(per_rank / repeats)))
     shape = tuple(problem.sample_shape)
     problem.to(device)
-    rows, skipped = [], []
+    quality = problem.quality
+    boot = Bootstrap(n, bootstrap, seed=seed, level=level) if rank == 0 else None
+    rows, skipped, replicates = [], [], []
     bar = _progress(entries, progress and rank == 0)
     say = (lambda s: (bar.write(s) if bar is not None else log(s))) if rank == 0 else (lambda s: None)
     start = time.perf_counter()
+    metric_seconds = 0.0
     step_cache = {}
     for entry in entries:
         s = entry.sampler
@@ -263,20 +327,21 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
                 if bar is not None:
                     bar.update(1)
                 continue
-        steps, error = None, None
-        acc = problem.quality.accumulator()
+        steps, error, grid = None, None, None
+        parts, times, sizes = [], [], []
         seconds, calls, batches, evals, sha = 0.0, 0, 0, 0, None
         with torch.no_grad():
             try:
-                if not entry.adaptive:
-                    steps, _ = fit_steps(lambda k: _dry_nfe(s, problem.process, k), entry.nfe,
-                                         step_cache.setdefault(id(s), {}))
+                if not entry.adaptive and not isinstance(entry.schedule, torch.Tensor):
+                    steps, _ = fit_steps(lambda k: _dry_nfe(s, problem.process, k, entry.schedule), entry.nfe,
+                                         step_cache.setdefault((id(s), id(entry.schedule)), {}))
+                grid = row_grid(entry, problem.process, steps)
                 if warmup > 0:
                     w = min(warmup, n)
                     _one_batch(entry, problem, initial_noise(problem.process, (w,) + shape, seed, 0, device),
                                steps, seed, 0)
-                for b_lo in range(lo, hi, batch_size):
-                    b = min(batch_size, hi - b_lo)
+                for b_lo in range(lo, hi, batch):
+                    b = min(batch, hi - b_lo)
                     x_T = initial_noise(problem.process, (b,) + shape, seed, b_lo, device)
                     if sha is None:
                         sha = hashlib.sha1(x_T.detach().cpu().numpy().tobytes()).hexdigest()[:16]
@@ -284,18 +349,43 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
                     t0 = time.perf_counter()
                     y, c, e = _one_batch(entry, problem, x_T, steps, seed, b_lo)
                     _sync(device)
-                    seconds += time.perf_counter() - t0
+                    dt = time.perf_counter() - t0
+                    seconds += dt
+                    times.append(dt)
+                    sizes.append(b)
                     calls, evals, batches = calls + c, evals + e, batches + 1
-                    acc.update(problem.to_data(y.float()))
+                    parts.append(quality.prepare(problem.to_data(y.float())))
             except Exception as exc:  # a sampler that fails (diverges, exceeds max_steps) is a result too
                 error = f"{type(exc).__name__}: {exc}"
         counts = dist.all_sum(torch.tensor([float(error is not None), calls, batches, evals], dtype=torch.float64))
         seconds = dist.all_max(seconds)
-        if counts[0] > 0:
-            metrics = {problem.quality.primary: float("nan")}
+        # repeat k of the timing: batch k of every rank, the slowest of them (ranks run side by side)
+        k_max = int(dist.all_max(len(times)))
+        t_all = [dist.all_max(times[k] if k < len(times) else 0.0) for k in range(k_max)]
+        timing = _timing(t_all, [batch] * k_max, per_rank) if counts[0] == 0 else _timing([], [], per_rank)
+        failed = counts[0] > 0
+        width = parts[0].shape[1] if parts else 0
+        width = int(dist.all_max(width))
+        mine = torch.cat(parts) if parts and not failed else torch.zeros(0, width, dtype=torch.float64)
+        if failed:
+            mine = torch.zeros(0, width, dtype=torch.float64)
+        rep = dist.gather(mine) if not failed else None
+        metrics, intervals, reps = {}, {}, {}
+        if failed:
+            metrics = {quality.primary: float("nan")}
             error = error or "failed on another rank"
-        else:
-            metrics = acc.result()
+        elif rank == 0:
+            if not torch.isfinite(rep).all():
+                metrics = {m: float("nan") for m in quality.names}
+                error = "non-finite samples"
+            else:
+                t_m = time.perf_counter()
+                for m in quality.metrics:
+                    v = boot.evaluate(m, rep)
+                    reps[m.name] = v
+                    r = interval_record(v, level)
+                    metrics[m.name], intervals[m.name] = r["value"], [r["lo"], r["hi"]]
+                metric_seconds += time.perf_counter() - t_m
         total_calls, total_batches, total_evals = float(counts[1]), int(counts[2]), float(counts[3])
         nfe = total_calls / total_batches if total_batches else float("nan")
         row = {
@@ -304,27 +394,39 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
             "counterpart": getattr(s, "counterpart", "") if isinstance(s, Peer) else "",
             "solver": repr(s), "stochastic": bool(s.stochastic), "adaptive": entry.adaptive,
             "reference": entry.reference, "nfe_requested": entry.nfe, "tolerance": entry.tol, "steps": steps,
+            "schedule": schedule_name(entry.schedule if entry.schedule is not None
+                                      else getattr(s, "default_schedule", None)) if grid is not None else None,
+            "grid": grid,
             "nfe": (int(nfe) if nfe == int(nfe) else round(nfe, 2)) if math.isfinite(nfe) else None,
             "nfe_per_sample": round(total_evals / n, 3),
-            "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None,
-            "metrics": metrics, "x_T_sha1": sha, "error": error,
+            "seconds": timing["seconds"], "seconds_lo": timing["seconds_lo"], "seconds_hi": timing["seconds_hi"],
+            "seconds_total": seconds, "timing": timing,
+            "samples_per_s": n / (timing["seconds"] * world) if timing["seconds"] and math.isfinite(timing["seconds"])
+            else None,
+            "metrics": metrics, "intervals": intervals, "x_T_sha1": sha, "error": error,
         }
-        if entry.schedule is not None:
-            row.update(grid=entry.grid, grid_times=[float(t) for t in entry.schedule],
-                       grid_optimization_seconds=entry.grid_seconds)
+        if entry.grid is not None:  # an optimized grid: how it was made, and what it cost
+            row.update(grid_method=entry.grid, grid_optimization_seconds=entry.grid_seconds)
         rows.append(row)
-        m = metrics.get(problem.quality.primary)
-        say(f"{entry.label:42s} NFE {row['nfe']!s:>7s}  {seconds:8.2f} s  {problem.quality.primary} "
-            f"{m:.4g}" + (f"  ERROR {error}" if error else ""))
+        replicates.append(reps)
+        m = metrics.get(quality.primary, float("nan"))
+        ci = intervals.get(quality.primary)
+        if rank == 0:
+            say(f"{entry.label:42s} NFE {row['nfe']!s:>7s}  {row['seconds']:8.2f} s  {quality.primary} {m:.4g}"
+                + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci and math.isfinite(ci[0]) else "")
+                + (f"  ERROR {error}" if error else ""))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     wall = dist.all_max(time.perf_counter() - start)
-    floor = problem.quality.floor(n) if rank == 0 else {}
-    return {"rows": rows, "skipped": skipped, "floor": floor, "bench_seconds": wall,
+    floor = quality.floor(n) if rank == 0 else {}
+    return {"rows": rows, "skipped": skipped, "floor": floor, "bench_seconds": wall, "_replicates": replicates,
             "meta": {"problem": problem.name, "problem_info": problem.info, "n": n, "seed": seed,
-                     "batch_size": batch_size, "warmup": warmup, "quality": problem.quality.describe(),
+                     "batch_size": batch_size, "timed_batch": batch, "repeats": repeats, "warmup": warmup,
+                     "bootstrap": boot.describe() if boot is not None else {}, "level": level,
+                     "metric_seconds": round(metric_seconds, 2),
+                     "quality": quality.describe(),
                      "sample_shape": list(shape), "process": repr(problem.process),
                      "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
                      **environment(device)}}

@@ -34,6 +34,8 @@ __all__ = [
     "InceptionFeatures",
     "extract_features",
     "mnist_classifier_weights_path",
+    "check_fits",
+    "FeatureMismatch",
 ]
 
 #: ITU-R BT.601 luma weights, PIL's RGB -> "L" conversion
@@ -84,6 +86,7 @@ class DigitsClassifierFeatures(FeatureExtractor):
 
     dim = DigitsCNN.feature_dim
     size = 8
+    tag = "digits"
 
     def __init__(self, weights: str | os.PathLike = DIGITS_WEIGHTS):
         super().__init__()
@@ -156,6 +159,7 @@ class MnistClassifierFeatures(FeatureExtractor):
 
     dim = 256
     size = 28
+    tag = "mnist"
     mean, std = 0.1307, 0.3081
 
     def __init__(self, weights: str | os.PathLike | None = None):
@@ -186,6 +190,7 @@ class InceptionFeatures(FeatureExtractor):
     """
 
     dim = 2048
+    tag = "inception"
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
@@ -194,6 +199,50 @@ class InceptionFeatures(FeatureExtractor):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images + 1.0) / 2.0)
+
+
+class FeatureMismatch(ValueError):
+    """A feature network asked to score data it was not made for."""
+
+
+_ALTERNATIVES = ("the MNIST classifier's features (--features mnist; the [mnist] extra) for 28x28 one-channel "
+                 "images, or InceptionV3's (--inception WEIGHTS_FILE, the pt_inception-2015-12-05 weights) for "
+                 "other images")
+
+
+def check_fits(extractor: nn.Module, shape, data_range=None, name: str | None = None) -> None:
+    """Refuse (:class:`FeatureMismatch`) to score samples of ``shape`` (C, H, W) with data
+    range ``data_range`` in ``extractor``'s features when the network was not trained on such
+    images: the digits classifier takes 8x8 one-channel images only, the MNIST classifier 28x28
+    one-channel images only, InceptionV3 one or three channels of at least 8x8 pixels; every
+    network needs a finite data range lo < hi (mapped to [-1, 1]). Resizing silently would score
+    something the network never saw. ``extractor`` may be the class itself (checked before it
+    loads its weights)."""
+    cls = extractor if isinstance(extractor, type) else type(extractor)
+    name = name or cls.__name__
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise FeatureMismatch(f"{name} scores images (C, H, W); these samples have shape {shape} "
+                              f"(vectors are scored by sliced Wasserstein, MMD and energy distance)")
+    c, h, w = shape
+    if issubclass(cls, DigitsClassifierFeatures):
+        if (c, h, w) != (1, 8, 8):
+            raise FeatureMismatch(f"the digits classifier ({name}) was trained on 8x8 one-channel images; these "
+                                  f"samples are {h}x{w} with {c} channel(s), so its features would not describe them. "
+                                  f"Use {_ALTERNATIVES}.")
+    elif issubclass(cls, MnistClassifierFeatures):
+        if (c, h, w) != (1, 28, 28):
+            raise FeatureMismatch(f"the MNIST classifier ({name}) was trained on 28x28 one-channel images; these "
+                                  f"samples are {h}x{w} with {c} channel(s). Use the digits classifier (--features "
+                                  f"digits) for 8x8 digits or InceptionV3 (--inception WEIGHTS_FILE).")
+    elif issubclass(cls, InceptionFeatures):
+        if c not in (1, 3) or min(h, w) < 8:
+            raise FeatureMismatch(f"InceptionV3 takes images of 1 or 3 channels of at least 8x8 pixels; these "
+                                  f"samples are {h}x{w} with {c} channel(s)")
+    if data_range is not None:
+        lo, hi = float(data_range[0]), float(data_range[1])
+        if not (torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi):
+            raise FeatureMismatch(f"{name}: the data range ({lo}, {hi}) cannot be mapped to the network's [-1, 1]")
 
 
 def extract_features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -28,6 +28,7 @@ __all__ = [
     "polynomial_kernel",
     "linear_kernel",
     "median_bandwidth",
+    "energy_distance",
 ]
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,3 +147,17 @@ def kid(
         vals[s] = mmd2_unbiased(k(xs, xs), k(ys, ys), k(xs, ys))
     std = vals.std().item() if subsets > 1 else 0.0
     return vals.mean().item(), std
+
+
+def energy_distance(x, y) -> float:
+    """Energy distance 2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| (Szekely & Rizzo 2013) between
+    samples x (n, d) and y (m, d), with the within-sample means over distinct pairs (unbiased;
+    it is :func:`mmd2_unbiased` with the "kernel" -||x - y||). Zero in expectation for equal laws."""
+    x, y = _features(x, "x"), _features(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"energy_distance: feature dimensions differ, {x.shape[1]} and {y.shape[1]}")
+
+    def k(a, b):
+        return -_sq_dists(a, b).sqrt()
+
+    return mmd2_unbiased(k(x, x), k(y, y), k(x, y)).item()
