@@ -32,12 +32,12 @@ GP_CONTEXT = (torch.tensor([[-1.0], [0.2], [1.1]]), torch.tensor([0.8, -0.5, 1.0
 STEP_CONTEXT = (torch.tensor([[-0.8], [-0.3], [0.2], [0.7]]), torch.tensor([0.0, 0.0, 1.0, 1.0]))
 
 
-def train(data, steps, label):
+def train(data, steps, label, log_every=500):
     torch.manual_seed(0)
     net = BiDimensionalAttentionNet(hidden=32, blocks=2, heads=4)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    train_ndp(net, sds.VPSDE(), data, steps, 64, 2e-3, g, log_every=500)
+    train_ndp(net, sds.VPSDE(), data, steps, 64, 2e-3, g, log_every=log_every)
     seconds = time.perf_counter() - t0
     print(f"{label}: trained {steps} steps in {seconds:.0f} s ({torch.get_num_threads()} thread(s)); "
           f"{sum(p.numel() for p in net.parameters())} parameters")
@@ -45,17 +45,50 @@ def train(data, steps, label):
     return net, seconds
 
 
-def gp_part(args, plt):
+def train_gp(steps=2000, log_every=500):
+    return train(lambda b, g: gp_functions(b, 32, KERNEL, g), steps, "GP", log_every)
+
+
+def train_step(steps=2000, log_every=500):
+    return train(lambda b, g: step_functions(b, 32, g)[:2], steps, "step", log_every)
+
+
+def gp_conditionals(net, n, exact=True):
+    """n conditional samples at 40 test inputs on [-2, 2] given GP_CONTEXT (RePaint, 40 steps,
+    8 passes), from the network and (``exact``) from the exact GP score; and the exact posterior.
+    Returns (x_target, samples, exact-score samples or None, posterior mean, posterior variance)."""
     p = sds.VPSDE()
-    net, _ = train(lambda b, g: gp_functions(b, 32, KERNEL, g), args.steps, "GP")
     xc, yc = GP_CONTEXT
     xt = torch.linspace(-2, 2, 40)[:, None]
     mean, var = gp_posterior(KERNEL, xc, yc, xt)
-    t0 = time.perf_counter()
     with torch.no_grad():
-        y = conditional_sample(lambda X: ndp_score(net, p, X), p, xc, yc, xt, args.n, steps=40, resample=8, seed=0)
-        y_exact = conditional_sample(gp_score(KERNEL, p), p, xc, yc, xt, args.n, steps=40, resample=8, seed=0)
-    print(f"GP: {args.n} conditional samples in {time.perf_counter() - t0:.0f} s")
+        y = conditional_sample(lambda X: ndp_score(net, p, X), p, xc, yc, xt, n, steps=40, resample=8, seed=0)
+        y_exact = (conditional_sample(gp_score(KERNEL, p), p, xc, yc, xt, n, steps=40, resample=8, seed=0)
+                   if exact else None)
+    return xt, y, y_exact, mean, var
+
+
+def step_conditionals(net, n):
+    """n conditional samples at 41 inputs on [-1, 1] given STEP_CONTEXT. Returns (x_target,
+    samples, consistent (n,) bool: every target <= -0.3 below 1/2 and every target >= 0.2 above,
+    jump location per sample: the first target above 1/2)."""
+    p = sds.VPSDE()
+    xc, yc = STEP_CONTEXT
+    xt = torch.linspace(-1, 1, 41)[:, None]
+    with torch.no_grad():
+        y = conditional_sample(lambda X: ndp_score(net, p, X), p, xc, yc, xt, n, steps=40, resample=8, seed=0)
+    left, right = xt[:, 0] <= -0.3, xt[:, 0] >= 0.2
+    ok = (y[:, left] < 0.5).all(1) & (y[:, right] > 0.5).all(1)
+    jumps = xt[(y > 0.5).float().argmax(1), 0]
+    return xt, y, ok, jumps
+
+
+def gp_part(args, plt):
+    net, _ = train_gp(args.steps)
+    xc, yc = GP_CONTEXT
+    t0 = time.perf_counter()
+    xt, y, y_exact, mean, var = gp_conditionals(net, args.n)
+    print(f"GP: {args.n} conditional samples (and as many from the exact score) in {time.perf_counter() - t0:.0f} s")
     sd = var.sqrt()
     for name, s in (("NDP", y), ("exact score, same RePaint", y_exact)):
         dm = (s.double().mean(0) - mean).abs()
@@ -83,17 +116,9 @@ def gp_part(args, plt):
 
 
 def step_part(args, plt):
-    p = sds.VPSDE()
-    net, _ = train(lambda b, g: step_functions(b, 32, g)[:2], args.steps, "step")
+    net, _ = train_step(args.steps)
     xc, yc = STEP_CONTEXT
-    xt = torch.linspace(-1, 1, 41)[:, None]
-    with torch.no_grad():
-        y = conditional_sample(lambda X: ndp_score(net, p, X), p, xc, yc, xt, args.n, steps=40, resample=8, seed=0)
-    left, right = xt[:, 0] <= -0.3, xt[:, 0] >= 0.2
-    ok = (y[:, left] < 0.5).all(1) & (y[:, right] > 0.5).all(1)
-    # jump location: the first target input whose value exceeds 1/2
-    first = (y > 0.5).float().argmax(1)
-    jumps = xt[first, 0]
+    xt, y, ok, jumps = step_conditionals(net, args.n)
     print(f"step: share of conditional samples with the jump between the observed 0s and 1s (all targets "
           f"<= -0.3 below 1/2, all >= 0.2 above): {float(ok.double().mean()):.3f} of {args.n}")
     print(f"  jump location of those: mean {float(jumps[ok].mean()):.3f}, sd {float(jumps[ok].std()):.3f} "

@@ -1,14 +1,12 @@
 """Neural diffusion processes: exchangeability of the network, the exact GP machinery, RePaint
 conditioning against the exact GP posterior, and (slow) trained models on GP draws and step
 functions."""
-import math
-
 import pytest
 import torch
 
 import sdesolve as sds
 from sdesolve.ndp import (RBF, BiDimensionalAttentionNet, conditional_sample, gp_functions, gp_posterior, gp_score,
-                          ndp_score, step_functions, train_ndp)
+                          ndp_score, step_functions)
 from sdesolve.repaint import RePaint
 
 KERNEL = RBF(lengthscale=0.5, variance=1.0, noise=1e-2)
@@ -106,61 +104,39 @@ def test_repaint_keeps_known_values_and_is_seeded():
         RePaint(sds.EulerMaruyama(), known, mask, resample=0)
 
 
-# --- trained models (slow) ------------------------------------------------------------------------
-def gp_recipe():
-    """The example's GP model: 32 points on [-2, 2], 2000 steps of batch 64."""
-    torch.manual_seed(0)
-    net = BiDimensionalAttentionNet(hidden=32, blocks=2, heads=4)
-    g = torch.Generator().manual_seed(0)
-    train_ndp(net, sds.VPSDE(), lambda b, gen: gp_functions(b, 32, KERNEL, gen), 2000, 64, 2e-3, g)
-    return net
+# --- trained models (slow): the recipes of examples/neural_diffusion_process.py ---------------------
+def _example():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "neural_diffusion_process.py")
+    spec = importlib.util.spec_from_file_location("neural_diffusion_process", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def step_recipe():
-    torch.manual_seed(0)
-    net = BiDimensionalAttentionNet(hidden=32, blocks=2, heads=4)
-    g = torch.Generator().manual_seed(0)
-    train_ndp(net, sds.VPSDE(), lambda b, gen: step_functions(b, 32, gen)[:2], 2000, 64, 2e-3, g)
-    return net
-
-
-#: the stated tolerance of the trained GP model's conditional moments (max over the targets of
-#: |mean - exact| and |sd - exact|; prior sd 1): the exact score with the same RePaint settings
-#: is within 0.12 / 0.04, the Monte Carlo standard error of a mean with 400 samples <= 0.05
+#: the stated tolerance of the trained GP model's conditional moments (max over the 40 targets of
+#: |mean - exact| and |sd - exact|; prior sd 1). The exact score with the same RePaint settings
+#: is within about 0.12 / 0.04 (see above); the Monte Carlo standard error of a mean with 400
+#: samples is <= 0.05.
 GP_TOLERANCE = 0.25
 
 
 @pytest.mark.slow
 def test_trained_ndp_conditionals_match_the_gp_posterior():
-    p = sds.VPSDE()
-    net = gp_recipe()
-    mean, var = gp_posterior(KERNEL, X_CONTEXT, Y_CONTEXT, X_TARGET)
-    with torch.no_grad():
-        y = conditional_sample(lambda X: ndp_score(net, p, X), p, X_CONTEXT, Y_CONTEXT, X_TARGET, 400, steps=40,
-                               resample=8, seed=0)
+    ex = _example()
+    net, _ = ex.train_gp(log_every=0)
+    _, y, _, mean, var = ex.gp_conditionals(net, 400, exact=False)
     dm, ds = _moments_error(y, mean, var)
     assert dm < GP_TOLERANCE and ds < GP_TOLERANCE, (dm, ds)
 
 
-STEP_CONTEXT_X = torch.tensor([[-0.8], [-0.3], [0.2], [0.7]])
-STEP_CONTEXT_Y = torch.tensor([0.0, 0.0, 1.0, 1.0])
-
-
-def jump_consistency(x_target, y):
-    """Per sample: all targets left of the last observed 0 below 1/2 and right of the first
-    observed 1 above 1/2."""
-    left = x_target[:, 0] <= -0.3
-    right = x_target[:, 0] >= 0.2
-    return (y[:, left] < 0.5).all(1) & (y[:, right] > 0.5).all(1)
-
-
 @pytest.mark.slow
 def test_trained_ndp_on_step_functions_puts_the_jump_between_the_observations():
-    p = sds.VPSDE()
-    net = step_recipe()
-    xt = torch.linspace(-1, 1, 21)[:, None]
-    with torch.no_grad():
-        y = conditional_sample(lambda X: ndp_score(net, p, X), p, STEP_CONTEXT_X, STEP_CONTEXT_Y, xt, 200, steps=40,
-                               resample=8, seed=0)
-    ok = jump_consistency(xt, y)
+    """The posterior puts the jump in (-0.3, 0.2] with probability 1; at least 90% of the
+    model's conditional samples do."""
+    ex = _example()
+    net, _ = ex.train_step(log_every=0)
+    _, _, ok, _ = ex.step_conditionals(net, 400)
     assert float(ok.double().mean()) > 0.9

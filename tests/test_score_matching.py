@@ -14,7 +14,7 @@ from torch import nn
 
 import sdesolve as sds
 from sdesolve.langevin_sampling import langevin, noise_conditional
-from sdesolve.train import gmm2d, GMM2D
+from sdesolve.train import GMM2D
 from sdesolve.train.score_matching import Denoising, EnergyScore, Hyvarinen, Sliced, geometric_levels
 
 D = 3
@@ -111,7 +111,7 @@ def test_population_minimiser_of_each_loss(name, kind):
     over 40 independent chunks of data, probes and noise) and not at a wrong parameter."""
     make, sigma = LOSSES[name]
     A_true = torch.linalg.inv(SIGMA + sigma**2 * torch.eye(D, dtype=torch.float64))
-    x = _data(16000, 1)
+    x = _data(8000, 1)
     mean, se = _chunk_gradients(_model(kind, MU, A_true), make(), x, 40, 2)
     z = (mean / se).abs()
     assert float(z.max()) < 4.5, (name, z)
@@ -223,41 +223,28 @@ def test_annealed_langevin_restores_weights_plain_does_not_exact_score():
     assert float((plain - w).abs().max()) > 0.05, plain
 
 
-class NoiseConditionalEnergy(nn.Module):
-    """E(x, sigma) = MLP([x, log sigma]) / sigma: a small energy network for 2-D data."""
-
-    def __init__(self, hidden=64):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-
-    def forward(self, x, sigma):
-        h = torch.cat([x, torch.log(sigma)[:, None]], 1)
-        return self.net(h)[:, 0] / sigma
+def _example(name):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.slow
 def test_energy_model_sliced_score_matching_recovers_mixture_weights():
-    """An energy network trained by sliced score matching (VR) at NCSN levels on GMM2D: annealed
-    Langevin recovers the component proportions within 0.05; plain Langevin at the smallest
-    level, from N(0, I), does not within 300 steps."""
-    torch.manual_seed(0)
-    levels = geometric_levels(6.0, 0.05, 20)
-    model = EnergyScore(NoiseConditionalEnergy())
-    loss = Sliced(probes=1, noise="rademacher", variance_reduction=True, noise_levels=levels)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(1)
-    for it in range(3000):
-        x = gmm2d(256, g)
-        opt.zero_grad()
-        loss(model, x, g).backward()
-        opt.step()
+    """examples/energy_langevin.py's recipe: an energy network trained by sliced score matching
+    (VR) at NCSN levels on GMM2D; annealed Langevin (10 updates per level, 1000 chains from
+    N(0, I)) recovers the component proportions within 0.05; plain Langevin at the smallest
+    level does not within 300 steps."""
+    ex = _example("energy_langevin")
+    model, levels, _ = ex.train_energy(3000, log=False)
     w = torch.tensor(GMM2D["weights"], dtype=torch.float64)
-    process, score, schedule = noise_conditional(model, levels)
     with torch.no_grad():
-        y = sds.sample(process, score, sds.AnnealedLangevin(n_steps=20, step_lr=0.1 * 0.05**2, denoise=False),
-                       x_T=_start(2000, 0), schedule=schedule, seed=2).y
-        x, _ = langevin(model, _start(2000, 0), 0.01, 300, seed=1, sigma=0.05)
+        y = ex.annealed_sample(model, levels, ex.start(1000), 10)
+        x, _ = langevin(model, ex.start(1000), 0.01, 300, seed=1, sigma=float(levels[-1]))
     annealed, plain = _proportions(y), _proportions(x)
     assert float((annealed - w).abs().max()) < 0.05, annealed
     assert float((plain - w).abs().max()) > 0.05, plain
