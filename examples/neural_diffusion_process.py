@@ -8,7 +8,11 @@ RePaint.
 GP: draws of an RBF Gaussian process (lengthscale 0.5, variance 1, noise variance 0.01) at 32
 random inputs on [-2, 2]. Given 3 observed points, conditional samples at 40 test inputs are
 compared with the exact GP posterior (mean and standard deviation), and with RePaint run on the
-exact GP score (the conditioning method's own error, with the same settings).
+exact GP score (the conditioning method's own error, with the same settings). A run of the
+defaults (2000 steps, 9 minutes on two busy CPU cores) gave, max over the 40 test inputs
+(rms in brackets): |mean - exact| 0.49 (0.25) and |sd - exact| 0.36 (0.15) for the NDP, 0.21
+(0.09) and 0.18 (0.09) for RePaint on the exact score; the model is undertrained at this budget
+(the paper trains for hours on a GPU), most visibly at the edges of the input range.
 
 Step functions: f(x) = 0 for x < a, 1 otherwise, a ~ U[-1, 1], at 32 random inputs on [-1, 1].
 Given f = 0 at -0.8 and -0.3 and f = 1 at 0.2 and 0.7, the posterior puts the jump a uniformly
