@@ -17,7 +17,10 @@ defaults (2000 steps, 9 minutes on two busy CPU cores) gave, max over the 40 tes
 Step functions: f(x) = 0 for x < a, 1 otherwise, a ~ U[-1, 1], at 32 random inputs on [-1, 1].
 Given f = 0 at -0.8 and -0.3 and f = 1 at 0.2 and 0.7, the posterior puts the jump a uniformly
 in (-0.3, 0.2]: a non-Gaussian posterior that no GP can represent. The share of conditional
-samples whose jump falls there is reported.
+samples whose jump falls there is reported. A run of the defaults (2000 steps, 8 minutes) gave
+79% of 400 samples entirely consistent with the observations (every target left of -0.3 below
+1/2, every target right of 0.2 above), their jumps at -0.04 +- 0.13 (the posterior: uniform,
+-0.05 +- 0.14 on the grid of test inputs).
 """
 from __future__ import annotations
 
