@@ -127,9 +127,8 @@ def _mlp(d_in, d_out, seed):
     return nn.Sequential(nn.Linear(d_in, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, d_out)).double()
 
 
-@pytest.mark.parametrize("kind", ["score", "energy"])
-@pytest.mark.parametrize("noise,vr", [("rademacher", True), ("rademacher", False), ("gaussian", True),
-                                      ("gaussian", False)])
+@pytest.mark.parametrize("kind,noise,vr", [("score", "rademacher", True), ("score", "gaussian", False),
+                                           ("energy", "rademacher", False), ("energy", "gaussian", True)])
 def test_sliced_averages_to_exact(kind, noise, vr):
     """The sliced estimate, averaged over probe draws, equals Hyvarinen's exact objective within
     4 standard errors of the average (a non-Gaussian score: an MLP in 4 dimensions)."""
@@ -140,7 +139,7 @@ def test_sliced_averages_to_exact(kind, noise, vr):
         exact = Hyvarinen(sds.ExactTrace()).per_sample(model, x)
         loss = Sliced(probes=1, noise=noise, variance_reduction=vr)
         g = torch.Generator().manual_seed(4)
-        draws = torch.stack([loss.per_sample(model, x, g) for _ in range(300)])  # (R, B)
+        draws = torch.stack([loss.per_sample(model, x, g) for _ in range(200)])  # (R, B)
     est = draws.mean(1)  # batch means, one per draw of the probes
     se = float(est.std() / math.sqrt(est.numel()))
     assert abs(float(est.mean()) - float(exact.mean())) < 4 * se
