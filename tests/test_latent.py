@@ -65,7 +65,8 @@ def test_latent_diffusion_prior_gives_the_better_bound(tmp_path):
     """The example's recipe: the paired gain in bits/dim of the diffusion prior over N(0, I) on
     held-out digits has a 95% interval above zero."""
     out = tmp_path / "ld.json"
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, os.path.join(ROOT, "examples", "latent_diffusion.py"), "--k", "2",
                     "--samples", "300", "--grid", str(tmp_path / "grid.png"), "--json", str(out)],
                    check=True, env=env, cwd=ROOT, timeout=3000)
