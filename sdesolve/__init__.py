@@ -5,7 +5,7 @@
     score = sds.Score.from_eps(model, process)
     x = sds.sample(process, score, sds.DPMSolverPP(order=2), shape=(64, 2), steps=20, seed=0).y
 """
-from . import bench, grid_optimization, labels, metrics, schedules, train
+from . import bench, grid_optimization, labels, langevin_sampling, latent, metrics, ndp, repaint, schedules, train
 from .controllers import FixedGrid, PIController
 from .discrete import DiscreteVP
 from .equations import ODE, SDE, DiffusionEquation, ProbabilityFlowODE, ReverseSDE
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "bench", "metrics", "schedules", "train",
+    "bench", "metrics", "schedules", "train", "langevin_sampling", "latent", "ndp", "repaint",
     # processes, equations, scores
     "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP", "SDE", "ODE", "DiffusionEquation", "ReverseSDE",
     "ProbabilityFlowODE",

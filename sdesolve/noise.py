@@ -59,7 +59,8 @@ class Draw:
     Within one step (counter ``step`` of a sample's stream) a solver's own normals use draws
     0..15 (the Brownian increment is draw 0; SRA1's second normal draw 1; annealed Langevin's
     update j draw j); ``CORRECTOR + j`` is iteration j of a Langevin corrector; ``REPLACEMENT``
-    the noise of the known entries in inpainting-style replacement; ``BRIDGE`` the Brownian-bridge
+    the noise of the known entries in inpainting-style replacement, ``RESAMPLE`` RePaint's forward
+    jump back to the step's start; ``BRIDGE`` the Brownian-bridge
     normal of a retried step under step-size control. The prior x_T is drawn at step
     ``PRIOR_STEP``, draw 0; the likelihood's probes and dequantization draws at ``PROBE_STEP`` and
     ``DEQUANTIZATION_STEP``, draw p for probe (or draw) p.
@@ -68,6 +69,7 @@ class Draw:
     SOLVER_LIMIT = 16
     CORRECTOR = 16
     REPLACEMENT = 64
+    RESAMPLE = 65
     BRIDGE = 0x7F000000
 
 

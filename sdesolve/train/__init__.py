@@ -4,6 +4,7 @@ from .checkpoint import (CheckpointError, TrainedModel, find_checkpoint, load_ch
                          save_checkpoint, score_from_checkpoint)
 from .data import (GMM2D, Scaling, checkerboard, fit_scaling, gmm2d, load_array, load_digits, load_image_folder,
                    load_mnist, load_path, moons, swissroll)
+from . import score_matching
 from .ema import EMA
 from .losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, LogSNRUniformTimes, Loss,
                      Parametrization, ScorePrediction, VPrediction, X0Prediction)
@@ -13,7 +14,7 @@ from .spec import build, describe
 from .trainer import TrainConfig, Trainer
 
 __all__ = [
-    "Loss", "DenoisingScoreMatching", "LikelihoodWeighted", "EDMLoss", "LogSNRUniformTimes",
+    "score_matching", "Loss", "DenoisingScoreMatching", "LikelihoodWeighted", "EDMLoss", "LogSNRUniformTimes",
     "Parametrization", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction",
     "MLP", "UNet", "EDMPrecond", "EMA", "TrainConfig", "Trainer",
     "CheckpointError", "TrainedModel", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",

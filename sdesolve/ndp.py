@@ -1,0 +1,260 @@
+"""Neural diffusion processes (Dutordoir, Saul, Ghahramani & Simpson 2022, "Neural diffusion
+processes"): diffusion models over functions, seen through their values at any finite set of
+inputs.
+
+A function f is represented by its values y = f(X) at N inputs X (N x D); the forward process
+acts on y only, point by point, with X as a fixed condition:
+
+    dy = -beta(t) y / 2 dt + sqrt(beta(t)) dW,
+
+the Ornstein-Uhlenbeck process dy = -y / 2 ds + dW of the paper run in the clock
+s = int beta (the project's :class:`~sdesolve.processes.VPSDE`). The score network
+s(y_t, X, t) must be a function of the *set* {(x_n, y_n)}: permuting the points permutes its
+output (equivariance over n) and it accepts any N. Across the input dimensions it is invariant
+(the order of the coordinates of x carries no meaning in a stationary kernel either).
+
+:class:`BiDimensionalAttentionNet` (the paper's Sec. 4.1, Fig. 3): every pair (point n, input
+dimension d) holds a feature vector h_{n,d}, first a linear map of (x_{n,d}, y_n); each block
+adds the time embedding, runs multi-head self-attention across the points (for each d) and
+across the dimensions (for each n), sums the two, and feeds the result both to the next block
+(residually) and to a skip sum; the output sums the skips over the D dimensions (invariance)
+and maps each point's feature to its output. No positional encodings anywhere, so attention
+keeps equivariance exactly: permuting points permutes outputs to rounding. The network
+predicts the noise eps (y_t = alpha y_0 + sigma eps), the paper's parametrization:
+``Score.from_eps(net, process, x=X)`` (see :func:`ndp_score`) is its score, with X passed as the
+model's keyword argument.
+
+Data: :class:`RBF` Gaussian-process draws on random inputs (:func:`gp_functions`), with the
+exact posterior for comparison (:func:`gp_posterior`), and the paper's step functions
+(:func:`step_functions`: f(x) = 0 for x < a, 1 otherwise, a ~ U[-1, 1]), whose posterior given
+observations is not Gaussian.
+
+Conditioning on observed points (x_c, y_c) (the paper's Sec. 4.2): the state holds context and
+target points together, and :class:`~sdesolve.repaint.RePaint` replaces the context values by
+their forward marginal after every step, with resampling.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .scores import Score, labels
+
+__all__ = ["RBF", "gp_functions", "gp_posterior", "step_functions", "BiDimensionalAttentionNet", "ndp_score",
+           "ndp_loss", "train_ndp", "conditional_sample", "gp_score"]
+
+
+# --- data ------------------------------------------------------------------------------------------
+class RBF:
+    """k(x, x') = variance exp(-|x - x'|^2 / (2 lengthscale^2)); ``noise``: observation variance
+    added on the diagonal of the covariance of observed values."""
+
+    def __init__(self, lengthscale: float = 0.5, variance: float = 1.0, noise: float = 1e-2):
+        if not (lengthscale > 0 and variance > 0 and noise >= 0):
+            raise ValueError(f"RBF: need lengthscale > 0, variance > 0, noise >= 0; got {lengthscale}, {variance}, "
+                             f"{noise}")
+        self.lengthscale, self.variance, self.noise = float(lengthscale), float(variance), float(noise)
+
+    def __call__(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """(..., N, D), (..., M, D) -> (..., N, M)."""
+        d2 = (x1[..., :, None, :] - x2[..., None, :, :]).pow(2).sum(-1)
+        return self.variance * torch.exp(-0.5 * d2 / self.lengthscale**2)
+
+    def cov(self, x: torch.Tensor) -> torch.Tensor:
+        """Covariance of the observed values y = f(x) + noise: K(x, x) + noise I."""
+        K = self(x, x)
+        return K + self.noise * torch.eye(x.shape[-2], dtype=K.dtype, device=K.device)
+
+    def __repr__(self):
+        return f"RBF(lengthscale={self.lengthscale}, variance={self.variance}, noise={self.noise})"
+
+
+def gp_functions(n: int, points: int, kernel: RBF, generator: torch.Generator | None = None, dim: int = 1,
+                 low: float = -2.0, high: float = 2.0, dtype=torch.float32):
+    """n draws of noisy function values y ~ N(0, K(X, X) + noise I) at ``points`` inputs X
+    uniform on [low, high]^dim, per draw. Returns (X (n, points, dim), y (n, points))."""
+    x = low + (high - low) * torch.rand(n, points, dim, generator=generator, dtype=torch.float64)
+    C = kernel.cov(x) + 1e-9 * torch.eye(points, dtype=torch.float64)
+    L = torch.linalg.cholesky(C)
+    y = (L @ torch.randn(n, points, 1, generator=generator, dtype=torch.float64))[..., 0]
+    return x.to(dtype), y.to(dtype)
+
+
+def gp_posterior(kernel: RBF, x_obs: torch.Tensor, y_obs: torch.Tensor, x_test: torch.Tensor):
+    """Exact predictive mean and variance of noisy values at ``x_test`` (M, D) given observed
+    (x_obs (C, D), y_obs (C,)): mean k_*^T (K + noise I)^{-1} y, var k_** + noise - k_*^T (K +
+    noise I)^{-1} k_* (Rasmussen & Williams 2006, Eq. 2.23-2.24). Float64."""
+    x_obs, y_obs, x_test = (torch.as_tensor(v, dtype=torch.float64) for v in (x_obs, y_obs, x_test))
+    C = kernel.cov(x_obs)
+    Ks = kernel(x_obs, x_test)  # (C, M)
+    sol = torch.linalg.solve(C, torch.cat([y_obs[:, None], Ks], 1))
+    mean = Ks.T @ sol[:, 0]
+    var = kernel.variance + kernel.noise - (Ks * sol[:, 1:]).sum(0)
+    return mean, var
+
+
+def step_functions(n: int, points: int, generator: torch.Generator | None = None, low: float = -1.0,
+                   high: float = 1.0, dtype=torch.float32):
+    """The paper's step functions f(x) = 0 for x < a, 1 otherwise, a ~ U[-1, 1], at ``points``
+    inputs uniform on [low, high]. Returns (X (n, points, 1), y (n, points), a (n,))."""
+    x = low + (high - low) * torch.rand(n, points, 1, generator=generator, dtype=torch.float64)
+    a = -1.0 + 2.0 * torch.rand(n, generator=generator, dtype=torch.float64)
+    y = (x[..., 0] >= a[:, None]).to(torch.float64)
+    return x.to(dtype), y.to(dtype), a
+
+
+def gp_score(kernel: RBF, process):
+    """``score_of(X (B, N, D)) -> Score``: the exact score of noisy GP values under ``process``,
+    y_t ~ N(0, alpha^2 (K + noise I) + sigma^2 I), i.e. -(alpha^2 C + sigma^2 I)^{-1} y_t (per
+    function, by C's eigendecomposition). For tests and for separating a model's error from the
+    conditioning method's."""
+
+    def score_of(X):
+        lam, U = torch.linalg.eigh(kernel.cov(X.to(torch.float64)))  # (B, N), (B, N, N)
+
+        def fn(y, t):
+            a, s = process.marginal(t)
+            d = a[:, None] ** 2 * lam + s[:, None] ** 2
+            V = U.expand(y.shape[0], -1, -1)
+            w = torch.einsum("bn,bnm->bm", y.to(torch.float64), V) / d
+            return -torch.einsum("bm,bnm->bn", w, V).to(y.dtype)
+
+        return Score(fn)
+
+    return score_of
+
+
+# --- the network ------------------------------------------------------------------------------------
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim) of the (continuous) time label (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / max(half - 1, 1))
+    args = 1000.0 * t[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], 1)
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention over the second-to-last axis of (S, L, H), no positions."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, z):
+        S, L, H = z.shape
+        q, k, v = self.qkv(z).reshape(S, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (S, heads, L, H / heads)
+        return self.proj(a.transpose(1, 2).reshape(S, L, H))
+
+
+class _BiDimensionalBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.time = nn.Linear(hidden, hidden)
+        self.across_points = _SelfAttention(hidden, heads)
+        self.across_dims = _SelfAttention(hidden, heads)
+
+    def forward(self, h, temb):
+        B, N, D, H = h.shape
+        z = h + self.time(temb)[:, None, None, :]
+        zp = z.permute(0, 2, 1, 3).reshape(B * D, N, H)  # sequences over points, one per (b, d)
+        ap = self.across_points(zp).reshape(B, D, N, H).permute(0, 2, 1, 3)
+        zd = z.reshape(B * N, D, H)  # sequences over dimensions, one per (b, n)
+        ad = self.across_dims(zd).reshape(B, N, D, H)
+        out = torch.nn.functional.gelu(ap + ad)
+        return (h + out) / math.sqrt(2.0), out
+
+
+class BiDimensionalAttentionNet(nn.Module):
+    """eps(y_t, X, t): (B, N) values, (B, N, D) inputs (or (1, N, D) shared), (B,) time labels -> (B, N).
+
+    ``hidden`` channels, ``blocks`` bi-dimensional attention blocks, ``heads`` attention heads."""
+
+    def __init__(self, hidden: int = 64, blocks: int = 3, heads: int = 4):
+        super().__init__()
+        self.hidden = hidden
+        self.embed = nn.Linear(2, hidden)
+        self.temb = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.blocks = nn.ModuleList(_BiDimensionalBlock(hidden, heads) for _ in range(blocks))
+        self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if y.dim() != 2 or x.dim() != 3 or x.shape[1] != y.shape[1] or x.shape[0] not in (1, y.shape[0]):
+            raise ValueError(f"BiDimensionalAttentionNet: need y (B, N) and x (B, N, D), got {tuple(y.shape)} and "
+                             f"{tuple(x.shape)}")
+        if x.shape[0] == 1 and y.shape[0] > 1:
+            x = x.expand(y.shape[0], -1, -1)  # inputs shared by the batch
+        B, N, D = x.shape
+        x = x.to(y.dtype)
+        h = self.embed(torch.stack([x, y[:, :, None].expand(B, N, D)], -1))  # (B, N, D, H)
+        temb = self.temb(_timestep_embedding(t.to(y.dtype).expand(B), self.hidden))
+        skip = torch.zeros_like(h)
+        for block in self.blocks:
+            h, out = block(h, temb)
+            skip = skip + out
+        feat = (skip / math.sqrt(len(self.blocks))).sum(2)  # (B, N, H): invariant over dimensions
+        return self.out(feat)[..., 0]
+
+
+def ndp_score(net: nn.Module, process, x: torch.Tensor, time_label=labels.continuous) -> Score:
+    """The score of an eps-predicting NDP network at inputs ``x`` (B, N, D) (or (N, D), shared
+    by the batch), for solving in y (B, N)."""
+    if x.dim() == 2:
+        x = x[None]
+    return Score.from_eps(net, process, time_label, x=x)
+
+
+def ndp_loss(net: nn.Module, process, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             time_label=labels.continuous) -> torch.Tensor:
+    """Denoising score matching on function values (the paper's Eq. 8): t ~ U(t_min, T),
+    y_t = alpha y + sigma eps, mean of |net(y_t, t, X) - eps|^2 over points and functions."""
+    from .train.losses import DenoisingScoreMatching, EpsPrediction
+
+    loss = DenoisingScoreMatching(process, EpsPrediction(), time_label)
+    return loss(lambda yt, label: net(yt, label, x=x), y, generator)
+
+
+def train_ndp(net: nn.Module, process, data, steps: int, batch: int = 64, lr: float = 1e-3,
+              generator: torch.Generator | None = None, log_every: int = 0, time_label=labels.continuous):
+    """Adam with a cosine learning-rate decay on :func:`ndp_loss`, fresh functions every step
+    from ``data(batch, generator) -> (X (B, N, D), y (B, N))``. Returns the losses (a list)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for it in range(steps):
+        x, y = data(batch, generator)
+        opt.zero_grad()
+        loss = ndp_loss(net, process, x, y, generator, time_label)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log_every and (it + 1) % log_every == 0:
+            print(f"step {it + 1}: loss {sum(losses[-log_every:]) / log_every:.4f}", flush=True)
+    return losses
+
+
+def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: torch.Tensor, x_target: torch.Tensor,
+                       n: int, *, steps: int = 50, resample: int = 10, seed=0, solver=None) -> torch.Tensor:
+    """n draws of the function values at ``x_target`` (T, D) given (``x_context`` (C, D),
+    ``y_context`` (C,)), by :class:`~sdesolve.repaint.RePaint` on the joint set of C + T points
+    (context first). ``score_of(X (1, C + T, D)) -> Score`` builds the score at those inputs
+    (:func:`ndp_score` for a network). Returns (n, T) values."""
+    from .repaint import RePaint
+    from .solve import sample
+    from .solvers import EulerMaruyama
+
+    X = torch.cat([x_context, x_target]).to(torch.float32)[None]
+    C, T = x_context.shape[0], x_target.shape[0]
+    known = torch.cat([torch.as_tensor(y_context, dtype=torch.float32), torch.zeros(T)])
+    mask = torch.zeros(C + T, dtype=torch.bool)
+    mask[:C] = True
+    hook = RePaint(EulerMaruyama() if solver is None else solver, known, mask, resample=resample)
+    y = sample(process, score_of(X), hook, shape=(n, C + T), steps=steps, seed=seed).y
+    return y[:, C:]
