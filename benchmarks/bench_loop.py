@@ -335,7 +335,7 @@ def profile_loop(reps, B=4096, d=2, steps=200):
     eq = P.reverse(GM.score(P))
     t0v, t1v = grid[3].expand(B), grid[4].expand(B)
     drift = eq.drift(t0v, x)
-    g = eq.diffusion(t0v, x)
+    g = eq.diffusion(t0v, x).reshape(B)  # per sample, as EulerMaruyama passes it
     z = noise.at(3).normal(x)
     first_bad = torch.full((B,), -1, dtype=torch.int64)
     tv = torch.full((B,), 0.5, dtype=torch.float64)
@@ -390,6 +390,8 @@ def versions():
 
 
 def write(out_dir, record):
+    """Write the record so far (called after every section: a late failure keeps the rest)."""
+    record["load_after"] = round(os.getloadavg()[0], 2)
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, "loop_cpu")
     tmp = base + ".json.tmp"
@@ -485,16 +487,18 @@ def main(argv=None):
             record["problems"].append(dict(name=prob, meta=meta, rows=summarize(times, steps), ratios=ratios,
                                            paths=paths))
             print(prob, {r["ours"] + " / " + r["reference"]: round(r["ratio"], 3) for r in ratios}, flush=True)
+            write(args.out, record)
         if "philox" in only:
             record["philox"] = philox_rows(reps, [(4096, 2), (256, 64), (256, 3072)])
             print("philox", [(r["batch"], r["n"], r["ratio_to_randn"]) for r in record["philox"]], flush=True)
+            write(args.out, record)
         if "adaptive" in only:
             record["adaptive"] = adaptive_rows(reps)
             print("adaptive", record["adaptive"], flush=True)
+            write(args.out, record)
         if args.profile:
             record["profile"] = profile_loop(reps, steps=steps)
             print("profile", record["profile"], flush=True)
-    record["load_after"] = round(os.getloadavg()[0], 2)
     write(args.out, record)
 
 

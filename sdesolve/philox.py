@@ -64,7 +64,7 @@ ENV_VAR = "SDESOLVE_NOISE"
 _MODES = ("auto", "compiled", "eager")
 
 #: build time assumed when none has been recorded on this machine
-COLD_COMPILE_S = 15.0
+COLD_COMPILE_S = 60.0
 
 _M32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
