@@ -21,8 +21,10 @@ the same numbers in registers:
     u(r)    = (r if r < 2**31 else ~r as int32) * 4.6566127342e-10       (Triton's uint->[0,1))
     z       = sqrt(-2 log max(u(ua), 1e-7)) * (cos if lane is even else sin)(2 pi u(ub))
 
-Four normals per Philox call (both Box-Muller outputs of both pairs). All arithmetic here is
-int64 emulating uint32; the float part is float32, as in the kernels.
+Four normals per Philox call (both Box-Muller outputs of both pairs). The float part is float32,
+as in the kernels. On the CPU the numbers come from :mod:`sdesolve.philox`: eager PyTorch, or a
+fused compiled function (environment variable ``SDESOLVE_NOISE``; the same Philox integers, the
+normals equal to float32 rounding).
 
 Seeds: an int ``seed`` in [0, 2**32) gives sample ``b`` the stream ``seed + b * 2**32``
 (:func:`streams`), so the stream of a sample is fixed by (seed, global sample index); a (B,)
@@ -34,16 +36,10 @@ import math
 
 import torch
 
+from .philox import normal_from_counters, philox4x32
+
 __all__ = ["Noise", "streams", "philox4x32", "normal_from_counters", "PRIOR_STEP", "PROBE_STEP", "DEQUANTIZATION_STEP",
            "Draw", "kernel_noise"]
-
-_M32 = 0xFFFFFFFF
-_ROUND_A = 0xD2511F53
-_ROUND_B = 0xCD9E8D57
-_KEY_A = 0x9E3779B9
-_KEY_B = 0xBB67AE85
-_UNIFORM_SCALE = 4.6566127342e-10
-_TWO_PI = 6.283185307179586
 
 #: step counter used for the prior sample x_T, distinct from every solver step (which are >= 0)
 PRIOR_STEP = 0xFFFFFFFF
@@ -60,8 +56,7 @@ class Draw:
     0..15 (the Brownian increment is draw 0; SRA1's second normal draw 1; annealed Langevin's
     update j draw j); ``CORRECTOR + j`` is iteration j of a Langevin corrector; ``REPLACEMENT``
     the noise of the known entries in inpainting-style replacement, ``RESAMPLE`` RePaint's forward
-    jump back to the step's start; ``BRIDGE`` the Brownian-bridge
-    normal of a retried step under step-size control. The prior x_T is drawn at step
+    jump back to the step's start; ``BRIDGE`` the Brownian-bridge normal of a retried step under step-size control. The prior x_T is drawn at step
     ``PRIOR_STEP``, draw 0; the likelihood's probes and dequantization draws at ``PROBE_STEP`` and
     ``DEQUANTIZATION_STEP``, draw p for probe (or draw) p.
     """
@@ -71,54 +66,6 @@ class Draw:
     REPLACEMENT = 64
     RESAMPLE = 65
     BRIDGE = 0x7F000000
-
-
-def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32 bits of the 64-bit product of uint32 ``a`` (held in int64) and constant ``b``.
-
-    The int64 product wraps modulo 2**64, so its two's-complement bit pattern is exactly the
-    unsigned 64-bit product: bits 32..63 (arithmetic shift, then mask) are the high word.
-    """
-    p = a * b
-    return (p >> 32) & _M32, p & _M32
-
-
-def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
-    """Philox4x32 on int64 tensors holding uint32 values (broadcast together). Returns 4 tensors."""
-    k0 = torch.as_tensor(k0) & _M32
-    k1 = torch.as_tensor(k1) & _M32
-    for _ in range(rounds):
-        hi_b, lo_b = _mul_hi_lo(c2, _ROUND_B)
-        hi_a, lo_a = _mul_hi_lo(c0, _ROUND_A)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + _KEY_A) & _M32
-        k1 = (k1 + _KEY_B) & _M32
-    return c0, c1, c2, c3
-
-
-def _uniform(r: torch.Tensor) -> torch.Tensor:
-    # bitcast to int32, fold negatives with bitwise not, scale: Triton's uint_to_uniform_float
-    r = torch.where(r >= 2**31, r - 2**32, r)
-    r = torch.where(r < 0, -r - 1, r)
-    return r.to(torch.float32) * _UNIFORM_SCALE
-
-
-def normal_from_counters(stream: torch.Tensor, step: torch.Tensor, draw: int, n: int) -> torch.Tensor:
-    """Normals z[b, i], i < n, for int64 ``stream`` (B,) and ``step`` (B,). Float32, shape (B, n)."""
-    device = stream.device
-    quads = (n + 3) // 4
-    q = torch.arange(quads, device=device, dtype=torch.int64).unsqueeze(0)
-    k0 = (stream & _M32).unsqueeze(1)
-    k1 = ((stream >> 32) & _M32).unsqueeze(1)
-    c1 = (step & _M32).unsqueeze(1).expand(-1, quads)
-    c0 = q.expand(stream.shape[0], -1)
-    c2 = torch.full_like(c0, draw & _M32)
-    c3 = torch.zeros_like(c0)
-    r0, r1, r2, r3 = philox4x32(c0, c1, c2, c3, k0, k1)
-    r_a = torch.sqrt(-2.0 * torch.log(torch.clamp_min(_uniform(torch.stack((r0, r2), -1)), 1e-7)))
-    theta = _TWO_PI * _uniform(torch.stack((r1, r3), -1))
-    z = torch.stack((r_a * torch.cos(theta), r_a * torch.sin(theta)), -1)  # (B, quads, pair, cos|sin)
-    return z.reshape(stream.shape[0], quads * 4)[:, :n]
 
 
 def streams(seed, batch: int, offset: int = 0, device=None) -> torch.Tensor:

@@ -6,6 +6,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# CPU Philox normals on the eager path unless the caller chose one: the suite's numbers then do not
+# depend on whether compiled packages happen to be in the cache, and it never builds them
+os.environ.setdefault("SDESOLVE_NOISE", "eager")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

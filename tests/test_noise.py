@@ -63,3 +63,129 @@ def test_seed_errors():
         streams(torch.arange(3), 4)
     with pytest.raises(TypeError, match="integer"):
         streams(torch.ones(4), 4)
+
+
+# --- the eager and compiled CPU paths (sdesolve.philox) -------------------------------------------
+from sdesolve import philox  # noqa: E402
+
+_EPS32 = torch.finfo(torch.float32).eps
+_SHAPES = [(1, 1), (3, 2), (5, 4), (7, 13), (64, 64), (2, 3072)]
+
+
+def _counters(B, seed=0):
+    g = torch.Generator().manual_seed(seed + B)
+    # streams over the whole int64 range (both key words), step counters over the whole uint32 range
+    return torch.randint(-2**63, 2**63 - 1, (B,), generator=g), torch.randint(0, 2**32, (B,), generator=g)
+
+
+def test_philox_broadcast_counters_equal_full_tensors():
+    # the eager path passes constant counters as Python ints and per-row/per-column ones broadcast;
+    # the integers must equal those of full int64 tensors, bit for bit
+    g = torch.Generator().manual_seed(1)
+    k0, k1, step = (torch.randint(0, 2**32, (50, 1), generator=g) for _ in range(3))
+    q = torch.arange(7).unsqueeze(0)
+    full = lambda v: torch.as_tensor(v).expand(50, 7).clone()
+    a = philox4x32(q, step, 0xABCDEF12, 0, k0, k1)
+    b = philox4x32(full(q), full(step), full(0xABCDEF12), full(0), k0, k1)
+    assert all(torch.equal(x.expand(50, 7), y) for x, y in zip(a, b))
+    assert all(int(x.min()) >= 0 and int(x.max()) < 2**32 for x in a)
+
+
+def test_normals_are_box_muller_of_the_philox_words():
+    # closed form: z = sqrt(-2 log max(u(r_a), 1e-7)) (cos | sin)(theta), theta = float32(2 pi u(r_b)),
+    # evaluated in float64 from the same words; float32 evaluation differs by a few roundings
+    B, n = 300, 10
+    stream, step = _counters(B)
+    z = normal_from_counters(stream, step, 5, n)
+    quads = (n + 3) // 4
+    r = philox4x32(torch.arange(quads).unsqueeze(0), (step & 0xFFFFFFFF)[:, None], 5, 0,
+                   (stream & 0xFFFFFFFF)[:, None], ((stream >> 32) & 0xFFFFFFFF)[:, None])
+    u = [torch.where(w >= 2**31, 2**32 - 1 - w, w).to(torch.float32) * 4.6566127342e-10 for w in r]
+    rad = [torch.sqrt(-2.0 * torch.log(torch.clamp_min(x, 1e-7).double())) for x in (u[0], u[2])]
+    th = [(6.283185307179586 * x).double() for x in (u[1], u[3])]
+    ref = torch.stack([rad[0] * th[0].cos(), rad[0] * th[0].sin(), rad[1] * th[1].cos(), rad[1] * th[1].sin()], -1)
+    ref = ref.reshape(B, 4 * quads)[:, :n]
+    torch.testing.assert_close(z.double(), ref, rtol=4 * _EPS32, atol=4 * _EPS32)
+
+
+@pytest.mark.parametrize("B,n", _SHAPES)
+def test_flat_form_equals_eager(B, n):
+    # the compiled path's formulation (one index over the B * quads Philox calls), run eagerly:
+    # the same operations in another layout, so the same numbers bit for bit
+    stream, step = _counters(B)
+    quads = (n + 3) // 4
+    flat = philox._normal_flat(stream, step, torch.tensor(9), torch.arange(quads))
+    assert torch.equal(flat[:, :n], philox.normal_eager(stream, step, 9, n))
+
+
+def test_noise_mode_values(monkeypatch):
+    monkeypatch.setenv(philox.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="SDESOLVE_NOISE='fast'"):
+        philox.noise_mode()
+    monkeypatch.setenv(philox.ENV_VAR, " Eager ")
+    assert philox.noise_mode() == "eager"
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A process state with no loaded packages and an empty package directory."""
+    monkeypatch.setenv("SDESOLVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(philox, "_STATE", philox._State())
+    return tmp_path
+
+
+def test_auto_mode_stays_eager_in_a_short_process(fresh, monkeypatch):
+    monkeypatch.setenv(philox.ENV_VAR, "auto")
+    built = []
+    monkeypatch.setattr(philox, "_build_package", lambda kind, path: built.append(kind))
+    stream, step = _counters(64)
+    for _ in range(3):
+        z = normal_from_counters(stream, step, 0, 8)
+    assert philox.normal_path() == "eager" and not built
+    assert torch.equal(z, philox.normal_eager(stream, step, 0, 8))
+    # once a process has spent as long in eager normals as a build is expected to take (here 0 s),
+    # auto builds
+    monkeypatch.setattr(philox, "COLD_COMPILE_S", 0.0)
+    monkeypatch.setattr(philox, "_STATE", philox._State())
+    with pytest.warns(RuntimeWarning, match="compiled Philox path is unavailable"):
+        z = normal_from_counters(stream, step, 0, 8)  # builds (a stub that writes nothing: loading fails)
+    assert built == ["multi"] and philox.normal_path() == "eager"
+    assert torch.equal(z, philox.normal_eager(stream, step, 0, 8))
+
+
+@pytest.mark.parametrize("failure", ["no compiler", "build error"])
+def test_compiled_mode_falls_back_to_eager(fresh, monkeypatch, failure):
+    monkeypatch.setenv(philox.ENV_VAR, "compiled")
+    if failure == "no compiler":
+        monkeypatch.setattr(philox, "_cxx_compiler", lambda: None)
+    else:
+        def broken(kind, path):
+            raise RuntimeError("simulated inductor failure")
+        monkeypatch.setattr(philox, "_build_package", broken)
+    stream, step = _counters(10)
+    with pytest.warns(RuntimeWarning, match="using the eager one"):
+        z = normal_from_counters(stream, step, 2, 6)
+    assert philox.normal_path() == "eager" and not philox.compiled_available()
+    assert torch.equal(z, philox.normal_eager(stream, step, 2, 6))
+    z2 = normal_from_counters(stream, step, 2, 6)  # no second attempt, no second warning
+    assert torch.equal(z2, z) and philox.normal_path() == "eager"
+
+
+@pytest.mark.slow
+def test_compiled_path_matches_eager_and_is_batch_invariant(monkeypatch):
+    # builds the packages (minutes the first time on a machine) unless they are in the cache
+    if not philox.compile_normals():
+        pytest.skip(f"compiled path unavailable: {philox._STATE.failed}")
+    monkeypatch.setenv(philox.ENV_VAR, "compiled")
+    for B, n in _SHAPES + [(4096, 2), (256, 64)]:
+        stream, step = _counters(B)
+        for draw in (0, 1, 2**31 - 1):
+            z = normal_from_counters(stream, step, draw, n)
+            assert philox.normal_path() == "compiled" and z.shape == (B, n) and z.dtype == torch.float32
+            torch.testing.assert_close(z, philox.normal_eager(stream, step, draw, n), rtol=4 * _EPS32,
+                                       atol=4 * _EPS32)
+    # a sample's numbers do not depend on the batch it is drawn in (vector body or tail of the loop)
+    stream, step = _counters(1000)
+    full = normal_from_counters(stream, step, 3, 37)
+    for lo, hi in ((0, 1), (3, 10), (17, 1000), (999, 1000)):
+        assert torch.equal(normal_from_counters(stream[lo:hi], step[lo:hi], 3, 37), full[lo:hi])
