@@ -18,6 +18,7 @@ from .likelihood import (BitsPerDim, ExactTrace, Hutchinson, LikelihoodResult, T
                          log_likelihood, pixel_levels)
 from .mixtures import GaussianMixture
 from .noise import Noise
+from .paths import CosinePath, GaussianPath, RectifiedFlow, TimeShift, dynamic_shift
 from .processes import EDM, VESDE, VPSDE, Process, SubVPSDE
 from .scores import Score, labels
 from .solve import Solution, Stats, clear_cuda_graphs, sample, solve
@@ -31,7 +32,8 @@ __all__ = [
     # modules
     "bench", "metrics", "schedules", "train",
     # processes, equations, scores
-    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP", "SDE", "ODE", "ReverseSDE", "ProbabilityFlowODE",
+    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP",
+    "GaussianPath", "RectifiedFlow", "CosinePath", "TimeShift", "dynamic_shift", "SDE", "ODE", "ReverseSDE", "ProbabilityFlowODE",
     "Score", "labels", "GaussianMixture", "Noise",
     # solving
     "solve", "sample", "Solution", "Stats", "clear_cuda_graphs", "PIController",

@@ -7,6 +7,7 @@ from .data import (GMM2D, Scaling, checkerboard, fit_scaling, gmm2d, load_array,
 from .ema import EMA
 from .losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, LogSNRUniformTimes, Loss,
                      Parametrization, ScorePrediction, VPrediction, X0Prediction)
+from .flow import ConditionalFlowMatching, OTConditionalFlowMatching, ot_permutation
 from .models import MLP, UNet
 from .models.edm import EDMPrecond
 from .spec import build, describe
@@ -14,6 +15,7 @@ from .trainer import TrainConfig, Trainer
 
 __all__ = [
     "Loss", "DenoisingScoreMatching", "LikelihoodWeighted", "EDMLoss", "LogSNRUniformTimes",
+    "ConditionalFlowMatching", "OTConditionalFlowMatching", "ot_permutation",
     "Parametrization", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction",
     "MLP", "UNet", "EDMPrecond", "EMA", "TrainConfig", "Trainer",
     "CheckpointError", "TrainedModel", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",
