@@ -86,6 +86,8 @@ TABLE = {
     "peer": {"kdiffusion": bench_peers.KDiffusion, "diffusers-ddim": bench_peers.Diffusers.ddim,
              "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
              "diffusers-unipc": bench_peers.Diffusers.unipc, "torchdiffeq": bench_peers.Torchdiffeq,
+             "diffusers-flowmatch-euler": bench_peers.DiffusersFlow.euler,
+             "diffusers-flowmatch-heun": bench_peers.DiffusersFlow.heun,
              "torchsde": bench_peers.Torchsde},
 }
 

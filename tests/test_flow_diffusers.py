@@ -125,3 +125,20 @@ def test_dynamic_shift_matches_diffusers():
         theirs = torch.as_tensor(sched.sigmas[:-1], dtype=torch.float64)
         assert torch.allclose(ours, theirs, rtol=1e-6, atol=0), (kind, ours, theirs)
         assert torch.equal(sds.diffusers_schedule(sched, 10, mu=mu), sched.sigmas.to(torch.float64))
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_bench_peer_rows_match_their_counterparts(second_order):
+    from sdesolve.bench.peers import DiffusersFlow, PeerUnavailable
+
+    rf = sds.RectifiedFlow()
+    gm = sds.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.0, -0.5]], [0.2, 0.1])
+    peer = DiffusersFlow.heun() if second_order else DiffusersFlow.euler()
+    peer.check(rf)
+    with pytest.raises(PeerUnavailable, match="linear path"):
+        peer.check(sds.VPSDE())
+    x_T = rf.prior_sample((16, 2), torch.Generator().manual_seed(0))
+    y, calls = peer.sample(rf, gm.velocity(rf), x_T, steps=6)
+    ours = sds.sample(rf, gm.velocity(rf), sds.Heun() if second_order else sds.Euler(), x_T=x_T, steps=6)
+    assert calls == ours.stats.nfe == (12 if second_order else 6)
+    assert rel(y, ours.y) < TOL
