@@ -39,10 +39,10 @@ def _cfg(obj) -> dict:
 
 
 def is_flow_scheduler(scheduler) -> bool:
-    """A FlowMatch* scheduler, or a multistep one configured for flow sigmas / flow prediction."""
+    """A FlowMatch* scheduler, or a multistep one with ``use_flow_sigmas`` (without it, a
+    multistep scheduler steps a DDPM schedule, and ``flow_prediction`` there is refused)."""
     cfg = _cfg(scheduler)
-    return (type(scheduler).__name__.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
-            or cfg.get("prediction_type") == "flow_prediction")
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
 
 
 def _flow_timestep(N: int, truncate: bool = False):
