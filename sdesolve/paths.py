@@ -19,7 +19,10 @@ of SDEs with the same marginals (Song et al. 2021, App. D.1; Karras et al. 2022,
 
     dx = [u(x, t) - g~(t)^2 score / 2] dt + g~(t) dW_bar        (= [f x - (g^2 + g~^2)/2 score] dt + ...)
 
-g~ = 0 is the probability-flow ODE, g~ = g (the default) the usual reverse SDE.
+g~ = 0 is the probability-flow ODE, g~ = g (the default) the usual reverse SDE. The g~ of an
+equation is what generic SDE solvers integrate (EulerMaruyama, Milstein, AdaptiveSDE, ...); the
+samplers that step the process's own Gaussian transitions (ReverseDiffusion, Ancestral,
+DDIM(eta), SDE-DPM-Solver) have their own noise levels and do not read it.
 
 Conventions of the named paths (time runs from data at t = 0 to noise):
 
