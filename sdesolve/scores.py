@@ -174,7 +174,7 @@ class Score:
             if p is self.process:
                 return u
         else:
-            x0, eps = self.denoised_of(x, t, p), None
+            x0 = self.denoised_of(x, t, p)
             a, s = self._coeffs(t, x, p)
             eps = (x - a * x0) / s
         da, ds = p.d_marginal(t)
