@@ -18,6 +18,7 @@ from .likelihood import (BitsPerDim, ExactTrace, Hutchinson, LikelihoodResult, T
                          log_likelihood, pixel_levels)
 from .mixtures import GaussianMixture
 from .noise import Noise
+from .paths import CosinePath, GaussianPath, RectifiedFlow, TimeShift, dynamic_shift
 from .processes import EDM, VESDE, VPSDE, Process, SubVPSDE
 from .integrate import clear_cuda_graphs, sample, solve
 from .scores import Score
@@ -36,8 +37,9 @@ __all__ = [
     # modules
     "bench", "metrics", "schedules", "train", "langevin_sampling", "latent", "ndp", "repaint",
     # processes, equations, scores
-    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP", "SDE", "ODE", "DiffusionEquation", "ReverseSDE",
-    "ProbabilityFlowODE",
+    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP",
+    "GaussianPath", "RectifiedFlow", "CosinePath", "TimeShift", "dynamic_shift", "SDE", "ODE", "DiffusionEquation",
+    "ReverseSDE", "ProbabilityFlowODE",
     "Score", "labels", "GaussianMixture", "Noise",
     # solving
     "solve", "sample", "Solution", "Stats", "Position", "clear_cuda_graphs", "PIController", "FixedGrid",

@@ -30,12 +30,14 @@ from pathlib import Path
 import torch
 
 import sdesolve
+from .paths import CosinePath, RectifiedFlow
 from .processes import EDM, SubVPSDE, VESDE, VPSDE
 from .solvers.base import Solver
 from .train import data as datasets
 from .train.checkpoint import CheckpointError, find_checkpoint, load_trained, LAST, PREV
 from .train.losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, ScorePrediction,
                            VPrediction, X0Prediction)
+from .train.flow import ConditionalFlowMatching, OTConditionalFlowMatching
 from .train.models import MLP, UNet
 from .train.spec import build
 from .train.trainer import TrainConfig, Trainer
@@ -80,14 +82,18 @@ TABLE = {
     "data": {"gmm2d": _toy(datasets.gmm2d), "moons": _toy(datasets.moons), "swissroll": _toy(datasets.swissroll),
              "checkerboard": _toy(datasets.checkerboard), "digits": _digits, "mnist": _mnist},
     "model": {"mlp": MLP, "unet": UNet},
-    "process": {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDM},
-    "loss": {"dsm": DenoisingScoreMatching, "likelihood": LikelihoodWeighted, "edm": EDMLoss},
+    "process": {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDM, "rectified-flow": RectifiedFlow,
+                "cosine": CosinePath},
+    "loss": {"dsm": DenoisingScoreMatching, "likelihood": LikelihoodWeighted, "edm": EDMLoss,
+             "cfm": ConditionalFlowMatching, "ot-cfm": OTConditionalFlowMatching},
     "param": {"eps": EpsPrediction, "score": ScorePrediction, "x0": X0Prediction, "v": VPrediction},
     "solver": _solvers(),
     "gmm": {"ring8": bench_problems.ring8, "gmm8d": bench_problems.gmm8d},
     "peer": {"kdiffusion": bench_peers.KDiffusion, "diffusers-ddim": bench_peers.Diffusers.ddim,
              "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
              "diffusers-unipc": bench_peers.Diffusers.unipc, "torchdiffeq": bench_peers.Torchdiffeq,
+             "diffusers-flowmatch-euler": bench_peers.DiffusersFlow.euler,
+             "diffusers-flowmatch-heun": bench_peers.DiffusersFlow.heun,
              "torchsde": bench_peers.Torchsde, "torchode": bench_peers.Torchode},
     "grid_method": {"dp": gridopt.DynamicProgramming, "learned": gridopt.Learned},
     "features": {"digits": DigitsClassifierFeatures, "mnist": MnistClassifierFeatures},
@@ -196,8 +202,13 @@ def _build_net(args, shape) -> torch.nn.Module:
 
 
 def _build_loss(args, data: torch.Tensor):
-    process = _pick("process", args.process or "vp")()
     loss_cls = _pick("loss", args.loss or "dsm")
+    flow = issubclass(loss_cls, ConditionalFlowMatching)
+    process = _pick("process", args.process or ("rectified-flow" if flow else "vp"))()
+    if flow:
+        if args.param is not None or args.sigma_data is not None:
+            raise SystemExit(f"sdesolve: --loss {args.loss} trains a velocity network; --param/--sigma-data do not apply")
+        return loss_cls(process)
     if loss_cls is EDMLoss:
         if args.param is not None:
             raise SystemExit("sdesolve: --loss edm trains an EDM-preconditioned denoiser; --param does not apply")
@@ -717,7 +728,7 @@ def _add_train(sub):
     p.add_argument("--data", help=f"a dataset ({', '.join(TABLE['data'])}) or a .npy/.npz file or image folder")
     p.add_argument("--n-data", type=int, help="points drawn for a 2-D toy dataset (default 20000)")
     p.add_argument("--model", choices=sorted(TABLE["model"]), help="default: unet for images, mlp otherwise")
-    p.add_argument("--process", choices=sorted(TABLE["process"]), help="default: vp")
+    p.add_argument("--process", choices=sorted(TABLE["process"]), help="default: vp (rectified-flow for cfm, ot-cfm)")
     p.add_argument("--loss", choices=sorted(TABLE["loss"]), help="default: dsm")
     p.add_argument("--param", choices=sorted(TABLE["param"]), help="network output (default eps; not for --loss edm)")
     p.add_argument("--sigma-data", type=float, help="EDM's sigma_data (default: the scaled data's std)")

@@ -286,7 +286,13 @@ def from_diffusers(unet, scheduler, *, check: bool = True, check_tol: float = 0.
     network fails it, so pass ``check=False`` for one.
 
     To reproduce a diffusers sampling loop, run on :func:`diffusers_schedule`'s grid.
+
+    Flow-matching schedulers (FlowMatch*, or ``use_flow_sigmas``): a velocity model on
+    ``RectifiedFlow`` with t = sigma, see :mod:`sdesolve.external_flows`.
     """
+    from .external_flows import from_diffusers_flow, is_flow_scheduler
+    if is_flow_scheduler(scheduler):
+        return from_diffusers_flow(unet, scheduler, check=check, check_tol=check_tol, **model_kwargs)
     if not hasattr(scheduler, "alphas_cumprod"):
         raise TypeError(f"from_diffusers: the scheduler {type(scheduler).__name__} has no alphas_cumprod; only "
                         f"discrete variance-preserving (DDPM-type) schedulers are supported (for a score_sde "
@@ -318,7 +324,7 @@ def from_diffusers(unet, scheduler, *, check: bool = True, check_tol: float = 0.
     return process, _finish(score, shape, unet, check)
 
 
-def diffusers_schedule(scheduler, steps: int) -> torch.Tensor:
+def diffusers_schedule(scheduler, steps: int, mu: float | None = None) -> torch.Tensor:
     """The time grid of a diffusers scheduler's sampling loop with ``steps`` steps: its
     ``timesteps`` (after ``set_timesteps(steps)``, on a copy: the scheduler is not changed) mapped
     to t = timestep / (N - 1), followed by t = 0 (timestep 0) unless they end there.
@@ -331,7 +337,13 @@ def diffusers_schedule(scheduler, steps: int) -> torch.Tensor:
     (its last knot, timestep 0, has sigma_0^2 = 1 - alphas_cumprod[0] > 0); this grid stops at
     timestep 0 instead. DDIM with "linspace" spacing steps from each timestep t to
     t - N // steps rather than to the next timestep of its list; that loop is not one grid.
+
+    For a flow-matching scheduler: its sigmas (t = sigma; ``mu`` for dynamic shifting), see
+    :func:`sdesolve.external_flows.flow_schedule`.
     """
+    from .external_flows import flow_schedule, is_flow_scheduler
+    if is_flow_scheduler(scheduler):
+        return flow_schedule(scheduler, steps, mu)
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
     ts = torch.as_tensor(sched.timesteps).to(torch.float64).cpu()

@@ -113,6 +113,34 @@ class GaussianMixture:
             s = (r[..., None] * comp).sum(1)
         return s.reshape(x.shape).to(x.dtype)
 
+    def denoised_at(self, x: torch.Tensor, t, process) -> torch.Tensor:
+        """E[x_0 | x_t = x] = sum_k r_k(x) (mu_k + alpha S_k C_k^{-1} (x - alpha mu_k)): finite
+        where alpha = 0 (then the data mean), unlike (x + sigma^2 score) / alpha."""
+        _, y, d, U = self._at(x, t, process)
+        a, _ = process.marginal(torch.as_tensor(t, dtype=torch.float64, device=y.device).expand(x.shape[0]))
+        lam, mu = self._tensors(y.device)[1], self._tensors(y.device)[2]
+        comp = mu[None] + torch.einsum("kdj,bkj->bkd", U, (a[:, None, None] * lam[None] / d) * y)
+        r = torch.softmax(self._log_components(y, d), dim=1)
+        return (r[..., None] * comp).sum(1).reshape(x.shape).to(x.dtype)
+
+    def velocity_at(self, x: torch.Tensor, t, process) -> torch.Tensor:
+        """The exact flow-matching velocity E[alpha' x_0 + sigma' z | x_t = x]
+        = alpha' E[x_0|x] + sigma' (x - alpha E[x_0|x]) / sigma (sigma > 0)."""
+        B = x.shape[0]
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(B)
+        d0 = self.denoised_at(x.to(torch.float64), tt, process).reshape(B, -1)
+        a, s = process.marginal(tt)
+        da, ds = process.d_marginal(tt)
+        xf = x.reshape(B, -1).to(torch.float64)
+        u = (da - ds * a / s)[:, None] * d0 + (ds / s)[:, None] * xf
+        return u.reshape(x.shape).to(x.dtype)
+
+    def velocity(self, process) -> Score:
+        """The exact velocity on ``process`` as a velocity :class:`Score` (``Score.from_velocity``)."""
+        def fn(x, t):
+            return self.velocity_at(x, t, process)
+        return Score.from_velocity(fn, process, label_dtype=torch.float64)
+
     def score(self, process, component: int | None = None) -> Score:
         """The exact score of the mixture's marginal p_t under ``process`` as a :class:`Score`."""
         def fn(x, t):

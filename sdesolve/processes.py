@@ -81,6 +81,13 @@ class Process:
         """Squared diffusion coefficient g(t)^2."""
         raise NotImplementedError
 
+    def d_marginal(self, t):
+        """(alpha'(t), sigma'(t)) from f and g^2: alpha' = f alpha, sigma' = (g^2 + 2 f sigma^2) / (2 sigma)."""
+        t = _t(t)
+        a, s = self.marginal(t)
+        f = self.f(t)
+        return f * a, (self.g2(t) + 2.0 * f * s * s) / (2.0 * s)
+
     def drift(self, t, x: torch.Tensor) -> torch.Tensor:
         return per_sample(self.f(_t(t, x)), x) * x
 
@@ -111,9 +118,14 @@ class Process:
         return torch.ones_like(_t(t))
 
     # --- equations ----------------------------------------------------------------------------
-    def reverse(self, score) -> ReverseSDE:
-        """dx = [f x - g^2 score(x, t)] dt + g dW_bar, integrated from T down to t_min."""
-        return ReverseSDE(self, score)
+    def reverse(self, score, diffusion=None) -> ReverseSDE:
+        """dx = [f x - g^2 score(x, t)] dt + g dW_bar, integrated from T down to t_min. With
+        ``diffusion`` g~ (a number >= 0 or a function of the float64 times (B,)): the SDE with the
+        same marginals dx = [f x - (g^2 + g~^2) score / 2] dt + g~ dW_bar (see :mod:`sdesolve.paths`)."""
+        if diffusion is None:
+            return ReverseSDE(self, score)
+        from .paths import VelocitySDE
+        return VelocitySDE(self, score, diffusion)
 
     def probability_flow(self, score) -> ProbabilityFlowODE:
         """dx/dt = f x - g^2 score(x, t) / 2: the same marginals, deterministically."""

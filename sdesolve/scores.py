@@ -10,6 +10,25 @@ A model trained elsewhere predicts one of (with x_t = alpha x_0 + sigma z):
               x0_hat = (alpha x - sigma v_hat) / (alpha^2 + sigma^2) and the matching z_hat)
     denoiser  D(x / alpha, sigma / alpha) = x0_hat: an EDM-style denoiser trained on the
               variance-exploding scale (Karras et al. 2022), called on the rescaled input
+    velocity  u_hat = alpha' x0_hat + sigma' z_hat (flow matching; alpha', sigma' = d/dt on the
+              model's own path, ``Score.process``)
+
+One table (a = alpha, s = sigma, a' s' their time derivatives, det = a s' - s a' = -a s dlambda/dt):
+
+    from \ to   x0_hat                 z_hat                   score                u (velocity)
+    score sc    (x + s^2 sc) / a        -s sc                   sc                   a' x0 + s' z
+    eps z_hat   (x - s z_hat) / a       z_hat                   -z_hat / s           a' x0 + s' z
+    x0          x0_hat                  (x - a x0_hat) / s      (a x0 - x) / s^2     a' x0 + s' z
+    v           (a x - s v)/(a^2+s^2)   (s x + a v)/(a^2+s^2)   -z_hat / s           a' x0 + s' z
+    velocity u  (s' x - s u) / det      (a u - a' x) / det      -z_hat / s           u
+    (v = a z - s x0 is diffusers' v_prediction; on the linear path u = z - x0, x0 = x - t u,
+     z = x + (1 - t) u; on a variance-preserving path with a = cos, s = sin of (pi t / 2),
+     u = (pi / 2) v)
+
+A velocity is a time derivative, so unlike the other predictions it depends on how the path is
+timed: a velocity model evaluated on another process (a time-shifted one, say) is called at the
+time of the same log-SNR on its own path, with its input rescaled by sigma_own / sigma, and its
+prediction converted through x0_hat and z_hat (which do not depend on the timing).
 
 and reads time through a label: ``labels.continuous`` (t itself), ``labels.discrete(N)``
 (t (N - 1), score_sde's and DDPM's integer-valued label), ``labels.sigma`` (sigma / alpha) or
@@ -37,7 +56,7 @@ class Score:
     through the score when the solver wants the denoised prediction.
     """
 
-    kinds = ("score", "eps", "x0", "v", "denoiser")
+    kinds = ("score", "eps", "x0", "v", "denoiser", "velocity")
 
     def __init__(self, fn, process=None, kind: str = "score", time_label=labels.continuous,
                  label_dtype=None, **model_kwargs):
@@ -71,6 +90,13 @@ class Score:
         model(x_t, label(t)) = v_hat = alpha z - sigma x_0; x0_hat = (alpha x_t - sigma v_hat) /
         (alpha^2 + sigma^2)."""
         return cls(model, process, "v", time_label, **kw)
+
+    @classmethod
+    def from_velocity(cls, model, process, time_label=labels.continuous, **kw):
+        """A flow-matching model: u = alpha'(t) x_0 + sigma'(t) z on ``process`` (its training path)."""
+        if process is None:
+            raise ValueError("Score.from_velocity needs the path the velocity is defined on")
+        return cls(model, process, "velocity", time_label, **kw)
 
     @classmethod
     def from_denoiser(cls, model, process, time_label=labels.sigma, **kw):
@@ -117,8 +143,57 @@ class Score:
         a, s = process.marginal(t)
         return per_sample(a, x), per_sample(s, x)
 
+    def _x0_eps(self, x, t, p):
+        """(x0_hat, z_hat) of a velocity model from one call (see the module docstring)."""
+        p0 = self.process
+        if p0 is p:
+            tau, xin = t, x
+        else:  # the same log-SNR on the model's own path, the input rescaled to it
+            tau = p0.t_of_lam(p.lam(t))
+            xin = x * per_sample(p0.sigma(tau) / p.sigma(t), x)
+        u = self.predict(xin, tau, p0)
+        a, s = p0.marginal(tau)
+        da, ds = p0.d_marginal(tau)
+        det = a * ds - s * da
+        x0 = per_sample(ds / det, x) * xin - per_sample(s / det, x) * u
+        eps = per_sample(a / det, x) * u - per_sample(da / det, x) * xin
+        return x0, eps, u
+
+    def velocity_of(self, x, t, process=None):
+        """u = alpha'(t) x0_hat + sigma'(t) z_hat on ``process`` (the model's output itself for a
+        velocity model on its own path)."""
+        p = self._process(process)
+        if self.kind == "velocity":
+            x0, eps, u = self._x0_eps(x, t, p)
+            if p is self.process:
+                return u
+        else:
+            x0 = self.denoised_of(x, t, p)
+            a, s = self._coeffs(t, x, p)
+            eps = (x - a * x0) / s
+        da, ds = p.d_marginal(t)
+        return per_sample(da, x) * x0 + per_sample(ds, x) * eps
+
+    def velocity_and_score(self, x, t, process=None):
+        """(velocity, score) from one model call."""
+        p = self._process(process)
+        if self.kind == "velocity":
+            x0, eps, u = self._x0_eps(x, t, p)
+            if p is not self.process:
+                da, ds = p.d_marginal(t)
+                u = per_sample(da, x) * x0 + per_sample(ds, x) * eps
+        else:
+            x0 = self.denoised_of(x, t, p)
+            a, s = self._coeffs(t, x, p)
+            eps = (x - a * x0) / s
+            da, ds = p.d_marginal(t)
+            u = per_sample(da, x) * x0 + per_sample(ds, x) * eps
+        return u, -eps / per_sample(p.sigma(t), x)
+
     def denoised_of(self, x, t, process=None):
         p = self._process(process)
+        if self.kind == "velocity":
+            return self._x0_eps(x, t, p)[0]
         out = self.predict(x, t, p)
         if self.kind in ("x0", "denoiser"):
             return out
@@ -131,6 +206,8 @@ class Score:
 
     def eps_of(self, x, t, process=None):
         p = self._process(process)
+        if self.kind == "velocity":
+            return self._x0_eps(x, t, p)[1]
         out = self.predict(x, t, p)
         if self.kind == "eps":
             return out
@@ -143,6 +220,8 @@ class Score:
 
     def score_of(self, x, t, process=None):
         p = self._process(process) if self.kind != "score" else process
+        if self.kind == "velocity":
+            return -self._x0_eps(x, t, p)[1] / per_sample(p.sigma(t), x)
         out = self.predict(x, t, p)
         if self.kind == "score":
             return out

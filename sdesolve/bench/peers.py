@@ -20,6 +20,10 @@ model evaluations it made (counted by wrapping the model). A peer that cannot ru
   process at t_k = t_min + k (T - t_min) / (N - 1): alphas_cumprod[k] = alpha(t_k)^2 (given as
   ``trained_betas``); the model is called at time t_k for timestep k (epsilon prediction), and
   the final step goes to timestep 0 = t_min. Only for variance-preserving processes.
+* :class:`DiffusersFlow`: diffusers' FlowMatchEuler / FlowMatchHeun scheduler on a linear-path
+  (rectified-flow) process, x_t = (1 - t) x_0 + t z, sigma = t, given the model's velocity; its
+  sigmas are set to the uniform grid from T to t_min (Heun's interleaved), so its counterpart
+  is ``Euler`` / ``Heun`` on ``uniform``. Only for linear paths.
 * :class:`Torchdiffeq`: ``torchdiffeq.odeint`` on the probability-flow ODE from T to t_min (one
   step size for the whole batch, its error norm taken over the whole batch), told to step onto
   the end points (``step_t``) rather than past t_min.
@@ -43,7 +47,7 @@ import torch
 
 from ..noise import Noise, streams
 
-__all__ = ["PeerUnavailable", "Peer", "KDiffusion", "Diffusers", "Torchdiffeq", "Torchsde", "Unavailable",
+__all__ = ["PeerUnavailable", "Peer", "KDiffusion", "Diffusers", "DiffusersFlow", "Torchdiffeq", "Torchsde", "Unavailable",
            "kdiffusion_sampling",
            "peers_dir", "default_peers"]
 
@@ -251,6 +255,55 @@ class Diffusers(Peer):
             kw = {"variance_noise": noise.at(i).normal(x, 0)} if self.stochastic else {}
             x = sched.step(eps(x, k), k, x, **kw).prev_sample
         return x, eps.calls
+
+
+class DiffusersFlow(Peer):
+    """diffusers' FlowMatchEuler or (``second_order``) FlowMatchHeun scheduler on a linear path (see
+    the module). ``steps`` steps on the uniform grid T -> t_min; NFE = steps, or 2 steps (Heun)."""
+
+    library = "diffusers"
+    N = 1000
+
+    def __init__(self, second_order: bool = False):
+        self.second_order = bool(second_order)
+        self.counterpart = "Heun" if second_order else "Euler"
+        self.label = f"diffusers FlowMatch{self.counterpart}Discrete"
+
+    @classmethod
+    def euler(cls) -> "DiffusersFlow":
+        return cls(False)
+
+    @classmethod
+    def heun(cls) -> "DiffusersFlow":
+        return cls(True)
+
+    def check(self, process) -> None:
+        _require("diffusers", self.label)
+        t = torch.linspace(process.t_min, process.T, 9, dtype=torch.float64)
+        a, s = process.marginal(t)
+        if float((a + s - 1.0).abs().max()) > 1e-9 or float((s - t).abs().max()) > 1e-9:
+            raise PeerUnavailable(f"{self.label} steps the linear path x = (1 - t) x0 + t z; {process!r} is not one")
+
+    def sample(self, process, score, x_T, *, steps=None, tol=None, seed=0, offset=0):
+        import diffusers
+        n = int(steps)
+        grid = torch.linspace(float(process.T), float(process.t_min), n + 1, dtype=torch.float64)
+        if self.second_order:  # s0, s1, s1, ..., sn, sn: each step evaluates at its start and its end
+            times = torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
+            sched = diffusers.FlowMatchHeunDiscreteScheduler(num_train_timesteps=self.N, shift=1.0)
+        else:
+            times = grid
+            sched = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.N, shift=1.0)
+        sched.set_timesteps(n)  # its state; the sigmas are replaced by the grid
+        sigmas = torch.cat([times, times.new_zeros(1)]).to(torch.float32)
+        sched.sigmas = sigmas.to(x_T.device)
+        sched.timesteps = (sigmas[:-1] * self.N).to(x_T.device)
+        u = _Counted(lambda x, t: score.velocity_of(x, _vec(t, x), process))
+        x = x_T
+        for i in range(len(times) - 1):  # stop at t_min (not diffusers' final step to 0)
+            k = sched.timesteps[i]
+            x = sched.step(u(x, float(times[i])), k, x).prev_sample.to(x_T.dtype)
+        return x, u.calls
 
 
 class Unavailable(Peer):

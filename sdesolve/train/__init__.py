@@ -8,6 +8,7 @@ from . import score_matching
 from .ema import EMA
 from .losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, LogSNRUniformTimes, Loss,
                      Parametrization, ScorePrediction, VPrediction, X0Prediction)
+from .flow import ConditionalFlowMatching, OTConditionalFlowMatching, ot_permutation
 from .models import MLP, UNet
 from .models.edm import EDMPrecond
 from .spec import build, describe
@@ -15,6 +16,7 @@ from .trainer import TrainConfig, Trainer
 
 __all__ = [
     "score_matching", "Loss", "DenoisingScoreMatching", "LikelihoodWeighted", "EDMLoss", "LogSNRUniformTimes",
+    "ConditionalFlowMatching", "OTConditionalFlowMatching", "ot_permutation",
     "Parametrization", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction",
     "MLP", "UNet", "EDMPrecond", "EMA", "TrainConfig", "Trainer",
     "CheckpointError", "TrainedModel", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",
