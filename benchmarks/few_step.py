@@ -1,0 +1,216 @@
+"""Few-step sampling (5-10 model evaluations): sdesolve's samplers on candidate grids against
+k-diffusion's and diffusers' samplers on their own default grids, same model, same x_T, with
+paired bootstrap intervals over the sample indices.
+
+    python benchmarks/few_step.py --problem ring8|gmm8d|digits [--checkpoint DIR] --n 2000 \
+        --nfe 5,6,8,10 --boot 200 --out benchmarks/results/few_step/PROBLEM.json
+
+Every row samples the same n samples: x_T[i] from stream (seed, i) (``initial_noise``), and
+stochastic rows their step noise from the same streams. A row's number of steps is the largest
+whose model evaluations fit the NFE budget (dry runs, as ``sdesolve bench`` does). Quality: the
+problem's primary metric (mixtures: sliced Wasserstein-2 to 10000 exact samples of p_{t_min};
+digits: Fréchet distance in the digits classifier's features to the held-out split). Intervals:
+B bootstrap resamples of the sample indices, the same resample for every row (paired), 95%
+percentile intervals of each row's metric and of the differences that the table reports.
+Rows ending at t = 0 (sigma = 0) return the sample at t = 0, the others at t_min.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sdesolve as sds
+from sdesolve.bench import peers as P
+from sdesolve.bench import problems
+from sdesolve.bench.runner import environment, fit_steps, initial_noise
+from sdesolve.metrics.sliced import _quantiles
+from sdesolve.solvers.diffusion import append_zero
+
+S = sds.schedules
+GRIDS = {
+    "karras7->0": append_zero(S.karras(7.0)), "karras7": S.karras(7.0), "karras5->0": append_zero(S.karras(5.0)),
+    "logsnr": S.logsnr, "logsnr->0": append_zero(S.logsnr), "time_uniform2->0": append_zero(S.time_uniform(2.0)),
+    "polyexp2->0": append_zero(S.polyexponential(2.0)), "uniform": S.uniform,
+    "linspace_timesteps": S.linspace_timesteps(), "uniform->0": append_zero(S.uniform),
+}
+
+
+def ours():
+    """(label, solver, grid name): sdesolve's candidates, and the counterparts on their peers' grids."""
+    rows = []
+    for g in ("karras7->0", "logsnr", "uniform->0"):
+        rows.append(("IPNDM(4)", sds.IPNDM(4), g))
+        rows.append(("DEIS(3)", sds.DEIS(3), g))
+    for g in ("karras7->0", "logsnr"):
+        rows.append(("IPNDM(4, afs)", sds.IPNDM(4, afs=True), g))
+    for g in ("logsnr", "uniform->0"):
+        rows.append(("UniPC(3)", sds.UniPC(3), g))
+    rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), "logsnr"))
+    # the counterparts on their peers' default grids
+    rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), "karras7->0"))   # k-diffusion dpmpp_2m
+    rows.append(("LMS(4)", sds.LMS(4), "karras7->0"))                   # k-diffusion lms
+    rows.append(("EDMHeun", sds.EDMHeun(), "karras7->0"))               # k-diffusion heun
+    rows.append(("UniPC(2)", sds.UniPC(2), "linspace_timesteps"))       # diffusers UniPC default
+    return rows
+
+
+def peers():
+    from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    out = [P.KDiffusion(name, zero=True) for name in
+           ("euler", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde")]
+    out += [P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=2)", "diffusers DPMSolverMultistep (default)"),
+            P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=3)", "diffusers DPMSolverMultistep(3)",
+                        solver_order=3),
+            P.Diffusers(UniPCMultistepScheduler, "UniPC(order=2)", "diffusers UniPCMultistep (default)"),
+            P.Diffusers(DEISMultistepScheduler, "DEIS(order=1, in_log_rho=True)", "diffusers DEISMultistep (default)")]
+    return out
+
+
+# --- quality with cached reference quantities ---------------------------------------------------
+class SWMetric:
+    """SW_2 to the mixture problem's exact reference (MixtureQuality's directions), estimated at
+    the n mid-point quantile levels of the n samples: the reference's quantile functions are
+    interpolated at those levels once, a (resampled) sample set only needs sorting. (Not
+    MixtureQuality.figures' estimator, which interpolates the samples at the reference's 10000
+    levels; both estimate the same distance.)"""
+
+    def __init__(self, quality, n):
+        self.q = quality
+        D = quality.mixture.D
+        g = torch.Generator().manual_seed(quality.reference_seed + 1)
+        theta = torch.randn(D, quality.n_proj, generator=g, dtype=torch.float64)
+        self.theta = theta / theta.norm(dim=0, keepdim=True)
+        self.qy = _quantiles(quality.reference @ self.theta, n)
+
+    def prepare(self, x):
+        return x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta
+
+    def __call__(self, proj, idx=None):
+        p = proj if idx is None else proj[idx]
+        if not torch.isfinite(p).all():
+            return float("nan")
+        return float(((torch.sort(p, dim=-2)[0] - self.qy) ** 2).mean().sqrt())
+
+
+class FDMetric:
+    """Fréchet distance of features to the reference statistics."""
+
+    def __init__(self, quality):
+        self.q = quality
+        self.name = quality.primary
+        self.extractor, self.ref = quality.features[self.name]
+        self.mu_r = self.ref.mean.to(torch.float64) if hasattr(self.ref, "mean") else None
+
+    def prepare(self, x):
+        images = self.q.to_unit(x)
+        with torch.inference_mode():
+            return torch.cat([self.extractor(c) for c in images.split(256)]).to(torch.float64)
+
+    def __call__(self, feats, idx=None):
+        from sdesolve.metrics.frechet import GaussianStats
+        f = feats if idx is None else feats[idx]
+        if not torch.isfinite(f).all():
+            return float("nan")
+        st = GaussianStats()
+        st.update(f)
+        return float(st.frechet_distance(self.ref))
+
+
+def count_nfe(sampler, process, grid, steps):
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    score = sds.Score(lambda x, t: -x)
+    with torch.no_grad():
+        if isinstance(sampler, P.Peer):
+            return sampler.sample(process, score, x, steps=steps)[1]
+        return sds.sample(process, score, sampler, x_T=x, steps=steps, schedule=grid, seed=0).stats.nfe
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problem", required=True, choices=["ring8", "gmm8d", "digits"])
+    ap.add_argument("--checkpoint", default="/work/runs/digits")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--nfe", default="5,6,8,10")
+    ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    if args.problem == "digits":
+        prob = problems.checkpoint_problem(args.checkpoint)
+        metric = FDMetric(prob.quality)
+    else:
+        mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[args.problem]()
+        prob = problems.mixture_problem(mix, name=args.problem)
+        metric = SWMetric(prob.quality, args.n)
+    nfes = [int(v) for v in args.nfe.split(",")]
+    shape = tuple(prob.sample_shape)
+    rows = [(lab, s, g, False) for lab, s, g in ours()] + [(p.label, p, None, True) for p in peers()]
+    n = args.n
+    g = torch.Generator().manual_seed(12345)
+    boot = torch.randint(0, n, (args.boot, n), generator=g)
+    out_rows = []
+    prepared = {}
+    start = time.time()
+    for lab, s, gname, is_peer in rows:
+        if is_peer:
+            try:
+                s.check(prob.process)
+            except P.PeerUnavailable as e:
+                print("skip", lab, e, flush=True)
+                continue
+        grid = GRIDS[gname] if gname else None
+        cache = {}
+        for budget in nfes:
+            try:
+                steps, nfe = fit_steps(lambda k: count_nfe(s, prob.process, grid, k), budget, cache)
+            except ValueError as e:
+                print("skip", lab, budget, e, flush=True)
+                continue
+            if nfe > budget:
+                continue
+            ys, t0 = [], time.time()
+            with torch.no_grad():
+                for lo in range(0, n, args.batch):
+                    b = min(args.batch, n - lo)
+                    x_T = initial_noise(prob.process, (b,) + shape, args.seed, lo)
+                    if is_peer:
+                        y, _ = s.sample(prob.process, prob.score, x_T, steps=steps, seed=args.seed, offset=lo)
+                    else:
+                        y = sds.sample(prob.process, prob.score, s, x_T=x_T, steps=steps, schedule=grid, seed=args.seed,
+                                       sample_offset=lo, check_finite=False).y
+                    ys.append(prob.to_data(y.float()))
+            feats = metric.prepare(torch.cat(ys))
+            key = len(out_rows)
+            prepared[key] = feats
+            val = metric(feats)
+            vals = torch.tensor([metric(feats, i) for i in boot], dtype=torch.float64)
+            out_rows.append({"sampler": lab, "grid": gname or "peer default", "peer": is_peer,
+                             "library": s.library if is_peer else "sdesolve", "nfe_budget": budget, "nfe": nfe,
+                             "steps": steps, "metric": val, "boot": vals.tolist(),
+                             "solver": repr(s), "seconds": time.time() - t0})
+            print(f"{lab:38s} {gname or 'peer default':20s} NFE {nfe:2d} steps {steps:2d}  {val:.5g}  "
+                  f"[{time.time() - start:.0f}s]", flush=True)
+    floor = prob.quality.floor(n)
+    res = {"problem": args.problem, "metric": prob.quality.primary, "label": prob.quality.label, "n": n,
+           "boot": args.boot, "seed": args.seed, "floor": floor, "rows": out_rows,
+           "command": " ".join(["python", "benchmarks/few_step.py"] + (argv or sys.argv[1:])),
+           "environment": environment(torch.device("cpu"))}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    os.replace(tmp, out)
+    print("wrote", out, f"in {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
