@@ -3,15 +3,16 @@ k-diffusion's and diffusers' samplers on their own default grids, same model, sa
 paired bootstrap intervals over the sample indices.
 
     python benchmarks/few_step.py --problem ring8|gmm8d|digits [--checkpoint DIR] --n 2000 \
-        --nfe 5,6,8,10 --boot 200 --out benchmarks/results/few_step/PROBLEM.json
+        --nfe 5,6,8,10 --out benchmarks/results/few_step/PROBLEM.json [--samples FILE.npz]
 
 Every row samples the same n samples: x_T[i] from stream (seed, i) (``initial_noise``), and
 stochastic rows their step noise from the same streams. A row's number of steps is the largest
 whose model evaluations fit the NFE budget (dry runs, as ``sdesolve bench`` does). Quality: the
 problem's primary metric (mixtures: sliced Wasserstein-2 to 10000 exact samples of p_{t_min};
-digits: Fréchet distance in the digits classifier's features to the held-out split). Intervals:
-B bootstrap resamples of the sample indices, the same resample for every row (paired), 95%
-percentile intervals of each row's metric and of the differences that the table reports.
+digits: Fréchet distance in the digits classifier's features to the held-out split). Intervals
+(benchmarks/few_step_report.py, from the samples kept in an .npz): B bootstrap resamples of the
+sample indices, the same resamples for every row (paired), 95% percentile intervals of each row's
+metric and of the differences that the tables report.
 Rows ending at t = 0 (sigma = 0) return the sample at t = 0, the others at t_min.
 """
 from __future__ import annotations
@@ -42,17 +43,21 @@ GRIDS = {
 }
 
 
-def ours():
-    """(label, solver, grid name): sdesolve's candidates, and the counterparts on their peers' grids."""
+def ours(small=False):
+    """(label, solver, grid name): sdesolve's candidates, and the counterparts on their peers'
+    grids. ``small``: the candidates kept for the digits model (chosen on the mixtures)."""
     rows = []
-    for g in ("karras7->0", "logsnr", "uniform->0"):
+    for g in ("karras7->0", "logsnr", "linspace_timesteps"):
         rows.append(("IPNDM(4)", sds.IPNDM(4), g))
+        if not (small and g == "karras7->0"):
+            rows.append(("IPNDM(4, afs)", sds.IPNDM(4, afs=True), g))
         rows.append(("DEIS(3)", sds.DEIS(3), g))
-    for g in ("karras7->0", "logsnr"):
-        rows.append(("IPNDM(4, afs)", sds.IPNDM(4, afs=True), g))
-    for g in ("logsnr", "uniform->0"):
+    for g in ("logsnr", "linspace_timesteps"):
         rows.append(("UniPC(3)", sds.UniPC(3), g))
-    rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), "logsnr"))
+        if not small:
+            rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), g))
+        if not (small and g == "logsnr"):
+            rows.append(("SASolver(tau=0)", sds.SASolver(tau=0.0), g))
     # the counterparts on their peers' default grids
     rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), "karras7->0"))   # k-diffusion dpmpp_2m
     rows.append(("LMS(4)", sds.LMS(4), "karras7->0"))                   # k-diffusion lms
@@ -61,10 +66,12 @@ def ours():
     return rows
 
 
-def peers():
+def peers(small=False):
+    """k-diffusion's samplers on its Karras grid to 0, diffusers' schedulers with their defaults.
+    ``small`` leaves out k-diffusion's stochastic samplers (the worst peer rows on the mixtures)."""
     from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-    out = [P.KDiffusion(name, zero=True) for name in
-           ("euler", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde")]
+    names = ("euler", "heun", "lms", "dpmpp_2m") + (() if small else ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde"))
+    out = [P.KDiffusion(name, zero=True) for name in names]
     out += [P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=2)", "diffusers DPMSolverMultistep (default)"),
             P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=3)", "diffusers DPMSolverMultistep(3)",
                         solver_order=3),
@@ -89,14 +96,16 @@ class SWMetric:
         self.theta = theta / theta.norm(dim=0, keepdim=True)
         self.qy = _quantiles(quality.reference @ self.theta, n)
 
+        self.qyT = self.qy.T.contiguous()
+
     def prepare(self, x):
-        return x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta
+        return (x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta).T.contiguous()  # (n_proj, n)
 
     def __call__(self, proj, idx=None):
-        p = proj if idx is None else proj[idx]
+        p = proj if idx is None else proj[:, idx]
         if not torch.isfinite(p).all():
             return float("nan")
-        return float(((torch.sort(p, dim=-2)[0] - self.qy) ** 2).mean().sqrt())
+        return float(((torch.sort(p, dim=-1)[0] - self.qyT) ** 2).mean().sqrt())
 
 
 class FDMetric:
@@ -114,7 +123,7 @@ class FDMetric:
             return torch.cat([self.extractor(c) for c in images.split(256)]).to(torch.float64)
 
     def __call__(self, feats, idx=None):
-        from sdesolve.metrics.frechet import GaussianStats
+        from sdesolve.metrics.frechet import GaussianStats  # noqa: F811
         f = feats if idx is None else feats[idx]
         if not torch.isfinite(f).all():
             return float("nan")
@@ -138,9 +147,11 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default="/work/runs/digits")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--nfe", default="5,6,8,10")
-    ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--samples", default=None, help="where to keep the samples (.npz) for the report's bootstrap; "
+                    "default: next to --out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--small", action="store_true", help="the smaller set of rows (for the digits model)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -152,13 +163,34 @@ def main(argv=None):
         prob = problems.mixture_problem(mix, name=args.problem)
         metric = SWMetric(prob.quality, args.n)
     nfes = [int(v) for v in args.nfe.split(",")]
+    metric_name = prob.quality.primary
     shape = tuple(prob.sample_shape)
-    rows = [(lab, s, g, False) for lab, s, g in ours()] + [(p.label, p, None, True) for p in peers()]
+    rows = [(lab, s, g, False) for lab, s, g in ours(args.small)] + [(p.label, p, None, True) for p in peers(args.small)]
+    # peers first within the sdesolve rows' order would change nothing; the counterparts run last
+    rows = rows[:-4 - len(peers(args.small))] + rows[-len(peers(args.small)):] + rows[-4 - len(peers(args.small)):-len(peers(args.small))]
     n = args.n
-    g = torch.Generator().manual_seed(12345)
-    boot = torch.randint(0, n, (args.boot, n), generator=g)
-    out_rows = []
-    prepared = {}
+    out_rows, samples = [], {}
+    if args.problem == "digits":
+        floor = prob.quality.floor(n)
+    else:  # the same estimator as the rows': 8 sets of n exact samples
+        vals = torch.tensor([metric(metric.prepare(prob.quality.exact(n, torch.Generator().manual_seed(1000 + k))))
+                             for k in range(8)], dtype=torch.float64)
+        floor = {"n": n, "sets": 8, metric_name: float(vals.mean()), metric_name + "_std": float(vals.std())}
+
+    def write():
+        import numpy as np
+        out = Path(args.out)
+        spath = Path(args.samples) if args.samples else out.with_suffix(".samples.npz")
+        spath.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(spath, **samples)
+        res = {"problem": args.problem, "metric": prob.quality.primary, "label": prob.quality.label, "n": n,
+               "seed": args.seed, "floor": floor, "rows": out_rows, "samples": str(spath), "checkpoint": args.checkpoint,
+               "command": " ".join(["python", "benchmarks/few_step.py"] + (argv or sys.argv[1:])),
+               "environment": environment(torch.device("cpu"))}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1, default=str))
+        os.replace(tmp, out)
     start = time.time()
     for lab, s, gname, is_peer in rows:
         if is_peer:
@@ -188,28 +220,17 @@ def main(argv=None):
                         y = sds.sample(prob.process, prob.score, s, x_T=x_T, steps=steps, schedule=grid, seed=args.seed,
                                        sample_offset=lo, check_finite=False).y
                     ys.append(prob.to_data(y.float()))
-            feats = metric.prepare(torch.cat(ys))
-            key = len(out_rows)
-            prepared[key] = feats
-            val = metric(feats)
-            vals = torch.tensor([metric(feats, i) for i in boot], dtype=torch.float64)
+            y = torch.cat(ys)
+            val = metric(metric.prepare(y))
+            samples[f"row{len(out_rows)}"] = y.numpy()
             out_rows.append({"sampler": lab, "grid": gname or "peer default", "peer": is_peer,
                              "library": s.library if is_peer else "sdesolve", "nfe_budget": budget, "nfe": nfe,
-                             "steps": steps, "metric": val, "boot": vals.tolist(),
+                             "steps": steps, "metric": val, "sample_key": f"row{len(out_rows)}",
                              "solver": repr(s), "seconds": time.time() - t0})
             print(f"{lab:38s} {gname or 'peer default':20s} NFE {nfe:2d} steps {steps:2d}  {val:.5g}  "
                   f"[{time.time() - start:.0f}s]", flush=True)
-    floor = prob.quality.floor(n)
-    res = {"problem": args.problem, "metric": prob.quality.primary, "label": prob.quality.label, "n": n,
-           "boot": args.boot, "seed": args.seed, "floor": floor, "rows": out_rows,
-           "command": " ".join(["python", "benchmarks/few_step.py"] + (argv or sys.argv[1:])),
-           "environment": environment(torch.device("cpu"))}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=str))
-    os.replace(tmp, out)
-    print("wrote", out, f"in {time.time() - start:.0f}s")
+        write()  # after every row: a killed run keeps what it measured
+    print("wrote", args.out, f"in {time.time() - start:.0f}s")
 
 
 if __name__ == "__main__":

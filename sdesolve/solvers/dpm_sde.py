@@ -10,8 +10,8 @@ DPMSolverPP3MSDE(eta)   DPM-Solver++(3M) SDE (k-diffusion ``sample_dpmpp_3m_sde`
     SDE-DPM-Solver++ family), with h_eta = (1 + eta) h, h = lambda_b - lambda_a:
         x~_b = e^{-h_eta} x~_a + (1 - e^{-h_eta}) D_0 + phi_2 D1 - phi_3 D2
                + rho_b sqrt(1 - e^{-2 eta h}) s_noise z                                   (draw 0)
-    phi_2 = (1 - e^{-h_eta}) / h_eta ... as k-diffusion writes it: phi_2 = expm1(-h_eta) / h_eta + 1,
-    phi_3 = phi_2 / h_eta - 1/2, and with r0 = h_1 / h, r1 = h_2 / h, D1_0 = (D_0 - D_1) / r0,
+    with phi_2 = (e^{-h_eta} - 1) / h_eta + 1, phi_3 = phi_2 / h_eta - 1/2 (k-diffusion's
+    weights) and, with r0 = h_1 / h, r1 = h_2 / h (h_1, h_2 the last two steps), D1_0 = (D_0 - D_1) / r0,
     D1_1 = (D_1 - D_2) / r1: D1 = D1_0 + (D1_0 - D1_1) r0 / (r0 + r1), D2 = (D1_0 - D1_1) / (r0 + r1).
     Second order (phi_2 D1_0) at step 1, first order at step 0. A step into rho = 0 returns the
     data prediction. eta = 0 is the ODE sampler DPM-Solver++(3M) with k-diffusion's weights

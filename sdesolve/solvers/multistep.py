@@ -120,8 +120,12 @@ class _Adams(DiffusionSolver):
     max_order = 4
     afs = False
     lower_order_final = False
-    #: how many eps are kept: order (IPNDM, LMS) or order + 1 (DEIS)
-    points = 1
+    #: how many eps the polynomial goes through: order (IPNDM, LMS) or order + 1 (DEIS)
+    _points = 1
+
+    @property
+    def points(self) -> int:
+        return self._points
 
     def init(self, eq, t0, y0, t_end=None, grid=None):
         return _ABState(self.plan(eq, t_end, grid))
@@ -142,25 +146,25 @@ class _Adams(DiffusionSolver):
         p = eq.process
         a, b = point(p, t0), point(p, t1)
         e = self._first_eps(eq, a, y0) if state.i == 0 else eq.eps(t0, y0)
-        k = step_order(self.points, state.i, state.plan, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        k = step_order(self._points, state.i, state.plan, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
         k = min(k, len(state.eps) + 1)
         va = self.node(a)
         eps = [e] + list(reversed(state.eps))[: k - 1]
         nodes = [va] + list(reversed(state.nodes))[: k - 1]
-        if k > 1 and not self.to_zero_ok and self._last_low(eq, state.plan, state.i, t1):
+        if k > 1 and not self._to_zero_ok and self._last_low(eq, state.plan, state.i, t1):
             k, eps, nodes = 1, eps[:1], nodes[:1]
         cs = self.weights(eq, a, b, nodes)
         incr = per_sample(cs[0], y0) * eps[0]
         for c, ej in zip(cs[1:], eps[1:]):
             incr = incr + per_sample(c, y0) * ej
         y = per_sample(b.alpha / a.alpha, y0) * y0 + per_sample(b.alpha, y0) * incr
-        keep = self.points - 1
+        keep = self._points - 1
         hist_e = (state.eps + (e,))[-keep:] if keep else ()
         hist_v = (state.nodes + (va,))[-keep:] if keep else ()
         return Step(y, None, replace(state, i=state.i + 1, nodes=hist_v, eps=hist_e))
 
     #: the weights stay finite for a step into rho = 0 (lambda = inf)
-    to_zero_ok = True
+    _to_zero_ok = True
 
 
 class IPNDM(_Adams):
@@ -177,7 +181,7 @@ class IPNDM(_Adams):
     def __init__(self, order: int = 4, variable: bool = False, afs: bool = False, lower_order_final: bool = False):
         if order not in (1, 2, 3, 4):
             raise ValueError(f"{type(self).__name__}: order must be 1, 2, 3 or 4, got {order!r}")
-        self.order = self.points = order
+        self.order = self._points = order
         self.variable, self.afs, self.lower_order_final = bool(variable), bool(afs), bool(lower_order_final)
 
     def weights(self, eq, a, b, nodes):
@@ -211,10 +215,10 @@ class DEIS(_Adams):
         if order not in (0, 1, 2, 3):
             raise ValueError(f"DEIS: order (the polynomial degree r of tAB-r) must be 0, 1, 2 or 3, got {order!r}")
         self.order = order
-        self.points = order + 1
+        self._points = order + 1
         self.in_log_rho, self.afs, self.lower_order_final = bool(in_log_rho), bool(afs), bool(lower_order_final)
         # log rho is -inf at rho = 0: a step into sigma = 0 is first order there
-        self.to_zero_ok = not self.in_log_rho
+        self._to_zero_ok = not self.in_log_rho
 
     def node(self, a):
         return -a.lam if self.in_log_rho else a.t

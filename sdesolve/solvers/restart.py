@@ -66,8 +66,14 @@ class Restart(Solver):
         if not isinstance(restart_steps, int) or restart_steps < 1:
             raise ValueError(f"Restart: restart_steps must be an integer >= 1, got {restart_steps!r}")
         self.intervals, self.restart_steps = tuple(ivs), restart_steps
-        self.order = self.inner.order
-        self.default_schedule = self.inner.default_schedule
+
+    @property
+    def order(self):
+        return self.inner.order
+
+    @property
+    def default_schedule(self):
+        return self.inner.default_schedule
 
     def check(self, eq) -> None:
         super().check(eq)
