@@ -66,6 +66,18 @@ def ours(small=False):
     return rows
 
 
+def extra():
+    """The grid choice for the other new samplers (no peers, no counterparts)."""
+    rows = []
+    for g in ("karras7->0", "logsnr", "linspace_timesteps"):
+        rows.append(("LMS(4)", sds.LMS(4), g))
+        rows.append(("SASolver", sds.SASolver(), g))
+        rows.append(("DPMSolverPP3MSDE", sds.DPMSolverPP3MSDE(), g))
+        rows.append(("DPMSolverPP3MSDE(eta=0)", sds.DPMSolverPP3MSDE(0.0), g))
+        rows.append(("DPMSolverPPSDE", sds.DPMSolverPPSDE(), g))
+    return rows
+
+
 def peers(small=False):
     """k-diffusion's samplers on its Karras grid to 0, diffusers' schedulers with their defaults.
     ``small`` leaves out k-diffusion's stochastic samplers (the worst peer rows on the mixtures)."""
@@ -84,9 +96,14 @@ def peers(small=False):
 class SWMetric:
     """SW_2 to the mixture problem's exact reference (MixtureQuality's directions), estimated at
     the n mid-point quantile levels of the n samples: the reference's quantile functions are
-    interpolated at those levels once, a (resampled) sample set only needs sorting. (Not
-    MixtureQuality.figures' estimator, which interpolates the samples at the reference's 10000
-    levels; both estimate the same distance.)"""
+    interpolated at those levels once. (MixtureQuality.figures interpolates the samples at the
+    reference's 10000 levels instead; both estimate the same distance.)
+
+    A bootstrap resample with counts c_j of sample j has, in each direction, the sorted values
+    v_j repeated c_j times, so that its squared distance is
+        sum_j c_j v_j^2 - 2 sum_j v_j (Q[C_j] - Q[C_j - c_j]) + sum_m qy_m^2,
+    C the cumulative counts in sorted order and Q the prefix sums of the reference's quantiles:
+    one sort per row, none per resample."""
 
     def __init__(self, quality, n):
         self.q = quality
@@ -94,18 +111,27 @@ class SWMetric:
         g = torch.Generator().manual_seed(quality.reference_seed + 1)
         theta = torch.randn(D, quality.n_proj, generator=g, dtype=torch.float64)
         self.theta = theta / theta.norm(dim=0, keepdim=True)
-        self.qy = _quantiles(quality.reference @ self.theta, n)
-
-        self.qyT = self.qy.T.contiguous()
+        qy = _quantiles(quality.reference @ self.theta, n).T.contiguous()      # (P, n)
+        self.Q = torch.cat([torch.zeros(qy.shape[0], 1, dtype=torch.float64), qy.cumsum(-1)], -1)
+        self.sq = float((qy**2).sum())
+        self.n = n
 
     def prepare(self, x):
-        return (x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta).T.contiguous()  # (n_proj, n)
+        proj = (x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta).T.contiguous()
+        v, perm = torch.sort(proj, dim=-1)
+        return v, perm
 
-    def __call__(self, proj, idx=None):
-        p = proj if idx is None else proj[:, idx]
-        if not torch.isfinite(p).all():
+    def __call__(self, prep, idx=None):
+        v, perm = prep
+        if not torch.isfinite(v).all():
             return float("nan")
-        return float(((torch.sort(p, dim=-1)[0] - self.qyT) ** 2).mean().sqrt())
+        n = v.shape[-1]
+        counts = torch.ones(n, dtype=torch.float64) if idx is None else torch.bincount(idx, minlength=n).double()
+        c = counts[perm]
+        C = c.cumsum(-1).long()
+        S1 = self.Q.gather(-1, C) - self.Q.gather(-1, C - c.long())
+        total = float((c * v * v).sum() - 2.0 * (v * S1).sum()) + self.sq
+        return math.sqrt(max(total, 0.0) / v.numel())
 
 
 class FDMetric:
@@ -152,6 +178,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--small", action="store_true", help="the smaller set of rows (for the digits model)")
+    ap.add_argument("--extra", action="store_true", help="only the grid choice of the other new samplers")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -166,8 +193,10 @@ def main(argv=None):
     metric_name = prob.quality.primary
     shape = tuple(prob.sample_shape)
     rows = [(lab, s, g, False) for lab, s, g in ours(args.small)] + [(p.label, p, None, True) for p in peers(args.small)]
-    # peers first within the sdesolve rows' order would change nothing; the counterparts run last
-    rows = rows[:-4 - len(peers(args.small))] + rows[-len(peers(args.small)):] + rows[-4 - len(peers(args.small)):-len(peers(args.small))]
+    k = len(peers(args.small))
+    rows = rows[:-4 - k] + rows[-k:] + rows[-4 - k:-k]  # the counterparts last
+    if args.extra:
+        rows = [(lab, s, g, False) for lab, s, g in extra()]
     n = args.n
     out_rows, samples = [], {}
     if args.problem == "digits":

@@ -28,6 +28,8 @@ DEFAULT_GRID = {
     "DEIS(3)": sds.DEIS.default_schedule, "UniPC(3)": sds.UniPC.default_schedule,
     "DPMSolverPP(3)": sds.DPMSolverPP.default_schedule, "DPMSolverPP(2)": sds.DPMSolverPP.default_schedule,
     "LMS(4)": sds.LMS.default_schedule, "EDMHeun": sds.EDMHeun.default_schedule,
+    "SASolver(tau=0)": sds.SASolver.default_schedule, "SASolver": sds.SASolver.default_schedule,
+    "DPMSolverPP3MSDE": sds.DPMSolverPP3MSDE.default_schedule, "DPMSolverPPSDE": sds.DPMSolverPPSDE.default_schedule,
 }
 COUNTERPARTS = [("EDMHeun", "karras7->0", "k-diffusion heun (to 0)"),
                 ("DPMSolverPP(2)", "karras7->0", "k-diffusion dpmpp_2m (to 0)"),
@@ -39,6 +41,8 @@ def grid_name(schedule) -> str:
     n = getattr(schedule, "__name__", str(schedule))
     table = {"append_zero(karras(rho=7.0))": "karras7->0", "logsnr": "logsnr", "append_zero(uniform)": "uniform->0",
              "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0"}
+    if n.startswith("linspace_timesteps(") and n.endswith("final_zero=True)"):
+        return "linspace_timesteps"
     return table.get(n, n)
 
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..schedules import karras
+from ..schedules import logsnr
 from .base import Step, per_sample
-from .diffusion import DiffusionSolver, GridPlan, StepCount, append_zero, point
+from .diffusion import DiffusionSolver, GridPlan, StepCount, point
 
 __all__ = ["DPMSolverPP3MSDE", "DPMSolverPPSDE"]
 
@@ -52,10 +52,11 @@ class _History3M:
 
 class DPMSolverPP3MSDE(DiffusionSolver):
     """DPM-Solver++(3M) SDE (k-diffusion ``sample_dpmpp_3m_sde``); see the module docstring.
-    Default grid: Karras' (rho = 7) ending at sigma = 0, k-diffusion's."""
+    Default grid: uniform in lambda (``logsnr``), measured better than k-diffusion's Karras grid
+    to sigma = 0 at 5-10 evaluations (the README's defaults table)."""
 
     order = 3
-    default_schedule = staticmethod(append_zero(karras(7.0)))
+    default_schedule = staticmethod(logsnr)
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         if eta < 0:
@@ -107,11 +108,12 @@ def _ancestral(rho_from, rho_to, eta):
 
 class DPMSolverPPSDE(DiffusionSolver):
     """k-diffusion's stochastic singlestep DPM-Solver++ (``sample_dpmpp_sde``), two model
-    evaluations per step; see the module docstring. Default grid: Karras' (rho = 7) to sigma = 0."""
+    evaluations per step; see the module docstring. Default grid: ``logsnr`` (measured, as for
+    DPMSolverPP3MSDE)."""
 
     order = 2
     nfe_per_step = 2
-    default_schedule = staticmethod(append_zero(karras(7.0)))
+    default_schedule = staticmethod(logsnr)
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         if eta < 0 or not 0 < r <= 1:

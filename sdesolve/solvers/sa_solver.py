@@ -92,7 +92,9 @@ def _weights(a, b, nodes: list, tau2: torch.Tensor) -> list:
 class SASolver(DiffusionSolver):
     """SA-Solver (Xue et al. 2023): stochastic Adams predictor (order 1-4) and corrector (order
     1-4, 0 for none), data prediction, with variance control tau (float or ``tau(process, t)``);
-    tau = 0 integrates the probability-flow ODE. See the module docstring."""
+    tau = 0 integrates the probability-flow ODE. See the module docstring. Default grid: ``logsnr``
+    (measured better than Karras' rho = 7 grid at 5-10 evaluations on both mixtures; diffusers'
+    own grid, ``schedules.linspace_timesteps(final_zero=False)``, is a valid choice for VP models)."""
 
     default_schedule = staticmethod(logsnr)
 
