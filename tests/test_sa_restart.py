@@ -80,7 +80,8 @@ def test_restart_contracts_the_error_on_a_gaussian():
     p = sds.VPSDE()
     score = _gauss().score(p)
     x_T = sds.bench.runner.initial_noise(p, (4000, 2), 0, dtype=torch.float64)
-    exact = 0.5 * float(torch.sqrt(1 + (p.sigma_edm(torch.tensor(p.t_min, dtype=torch.float64)) / 0.5) ** 2 * 0))  # 0.5
+    a, s = p.marginal(torch.tensor(p.t_min, dtype=torch.float64))
+    exact = float(torch.sqrt(0.25 * a**2 + s**2))  # the std of p_{t_min}: 0.5001
     err = lambda y: float((y.std(0) - exact).abs().mean())  # noqa: E731
     plain = sds.sample(p, score, sds.EDMHeun(), x_T=x_T, steps=10, seed=0).y
     r = sds.sample(p, score, sds.Restart(), x_T=x_T, steps=10, seed=0).y
