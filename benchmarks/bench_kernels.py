@@ -57,7 +57,7 @@ import sdesolve as sds
 from sdesolve.kernels import (ENV_VAR, affine_noise_step, affine_noise_step_ref, em_step, em_step_ref, langevin_step,
                               langevin_step_ref, rk_combine, rk_combine_ref)
 from sdesolve.noise import Noise
-from sdesolve.solve import clear_cuda_graphs
+from sdesolve.integrate import clear_cuda_graphs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLES = 64

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sdesolve as sds  # noqa: E402
 from sdesolve.noise import Noise, streams  # noqa: E402
+from sdesolve.timeplan import plan_times  # noqa: E402
 from sdesolve.train.models import MLP  # noqa: E402
 
 B = 1024
@@ -79,13 +80,13 @@ def prepared_step(solver, d: int, stub: bool = False):
     tvec = lambda i: grid[i].expand(B)  # noqa: E731
     noise = Noise(streams(0, B))
     y = process.prior_from_normal(noise.at(0xFFFFFFFF).normal(torch.empty(B, d)))
-    plan = {"grid": grid} if getattr(solver, "uses_grid", False) else {}
+    at = plan_times(process, schedule=grid).positions
     with torch.no_grad():
-        state = solver.init(eq, tvec(0), y, tvec(STEPS), **plan)
+        state = solver.init(eq, tvec(0), y)
         for i in range(AT):
-            out = solver.step(eq, tvec(i), tvec(i + 1), y, state, noise.at(i))
+            out = solver.step(eq, tvec(i), tvec(i + 1), y, state, noise.at(i), at[i])
             y, state = out.y, out.state
-    return eq, tvec(AT), tvec(AT + 1), y, state, noise.at(AT)
+    return eq, tvec(AT), tvec(AT + 1), y, state, noise.at(AT), at[AT]
 
 
 ROUNDS = 20
@@ -107,16 +108,16 @@ def test_model(benchmark, d):
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_step(benchmark, name, d, model):
     solver = SOLVERS[name]()
-    eq, t0, t1, y, state, noise = prepared_step(solver, d, stub=model == "stub")
+    eq, t0, t1, y, state, noise, at = prepared_step(solver, d, stub=model == "stub")
     eq.reset_counts()
     with torch.no_grad():
-        solver.step(eq, t0, t1, y, state, noise)
+        solver.step(eq, t0, t1, y, state, noise, at)
     nfe = eq.nfe  # model calls of one step, counted on the equation
     benchmark.extra_info.update(solver=name, d=d, batch=B, nfe_per_step=nfe, model=model,
                                 declared_nfe_per_step=solver.nfe_per_step)
     benchmark.group = f"d={d}, {model}"
     with torch.no_grad():
-        out = benchmark.pedantic(solver.step, (eq, t0, t1, y, state, noise), rounds=ROUNDS, warmup_rounds=2)
+        out = benchmark.pedantic(solver.step, (eq, t0, t1, y, state, noise, at), rounds=ROUNDS, warmup_rounds=2)
     assert out.y.shape == y.shape and torch.isfinite(out.y).all()
 
 

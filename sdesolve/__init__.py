@@ -5,10 +5,10 @@
     score = sds.Score.from_eps(model, process)
     x = sds.sample(process, score, sds.DPMSolverPP(order=2), shape=(64, 2), steps=20, seed=0).y
 """
-from . import bench, metrics, schedules, train
-from .controllers import PIController
+from . import bench, grid_optimization, labels, metrics, schedules, train
+from .controllers import FixedGrid, PIController
 from .discrete import DiscreteVP
-from .equations import ODE, SDE, ProbabilityFlowODE, ReverseSDE
+from .equations import ODE, SDE, DiffusionEquation, ProbabilityFlowODE, ReverseSDE
 from .errors import MaxStepsError, NonFiniteError, SolverError, StepSizeError
 from .external import (ExternalScore, ModelCheck, ModelCheckError, check_model, diffusers_schedule, from_diffusers,
                        from_edm, from_kdiffusion, from_score_sde, load_diffusers, load_model)
@@ -19,12 +19,17 @@ from .likelihood import (BitsPerDim, ExactTrace, Hutchinson, LikelihoodResult, T
 from .mixtures import GaussianMixture
 from .noise import Noise
 from .processes import EDM, VESDE, VPSDE, Process, SubVPSDE
-from .scores import Score, labels
-from .solve import Solution, Stats, clear_cuda_graphs, sample, solve
+from .integrate import clear_cuda_graphs, sample, solve
+from .scores import Score
+from .solution import Solution, Stats
+from .timeplan import Position
 from .solvers import (DDIM, RK4, SRA1, AdaptiveSDE, Ancestral, AnnealedLangevin, Bosh3, ButcherTableau, Dopri5,
                       DPMSolver, DPMSolverPP, EDMHeun, Euler, EulerMaruyama, Heun, Langevin, Midpoint, Milstein,
                       PredictorCorrector, ReverseDiffusion, RungeKutta, Solver, Step, Tsit5, UniPC, append_zero)
 from .solvers import DEIS, IPNDM, LMS, DPMSolverPP3MSDE, DPMSolverPPSDE, Restart, SASolver  # few-step samplers
+
+#: sds.schedules.optimize: grids optimized for a model (set here: schedules must not import what samples)
+schedules.optimize = grid_optimization.optimize
 
 __version__ = "0.1.0"
 
@@ -32,10 +37,11 @@ __all__ = [
     # modules
     "bench", "metrics", "schedules", "train",
     # processes, equations, scores
-    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP", "SDE", "ODE", "ReverseSDE", "ProbabilityFlowODE",
+    "Process", "VPSDE", "SubVPSDE", "VESDE", "EDM", "DiscreteVP", "SDE", "ODE", "DiffusionEquation", "ReverseSDE",
+    "ProbabilityFlowODE",
     "Score", "labels", "GaussianMixture", "Noise",
     # solving
-    "solve", "sample", "Solution", "Stats", "clear_cuda_graphs", "PIController",
+    "solve", "sample", "Solution", "Stats", "Position", "clear_cuda_graphs", "PIController", "FixedGrid",
     "SolverError", "NonFiniteError", "StepSizeError", "MaxStepsError",
     # solvers
     "Solver", "Step", "ButcherTableau", "RungeKutta", "Euler", "Heun", "Midpoint", "RK4", "Bosh3", "Dopri5", "Tsit5",

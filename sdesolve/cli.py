@@ -3,6 +3,7 @@
     sdesolve train  --data DATA --model mlp|unet --process vp|subvp|ve|edm --steps N --out DIR
     sdesolve sample --checkpoint DIR --solver NAME[:key=value,...] --nfe N --n COUNT --seed S --out FILE
     sdesolve bench  --checkpoint DIR | --gmm NAME --solvers LIST --nfe LIST --n COUNT --seed S --out DIR
+    sdesolve schedule --checkpoint DIR | --gmm NAME --solver SPEC --nfe N --method dp|learned --out grid.pt
 
 ``sample`` and ``bench`` shard their samples over the ranks of a ``torchrun`` job (rank r takes
 global sample indices [r n / W, (r + 1) n / W); see :mod:`sdesolve.bench.distributed`).
@@ -37,6 +38,7 @@ from .train.models import MLP, UNet
 from .train.spec import build
 from .train.trainer import TrainConfig, Trainer
 from .bench import peers as bench_peers, problems as bench_problems
+from . import grid_optimization as gridopt
 
 __all__ = ["main", "build_parser", "TABLE", "solver_from_spec", "parse_value", "peer_from_spec"]
 
@@ -83,6 +85,7 @@ TABLE = {
              "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
              "diffusers-unipc": bench_peers.Diffusers.unipc, "torchdiffeq": bench_peers.Torchdiffeq,
              "torchsde": bench_peers.Torchsde},
+    "grid_method": {"dp": gridopt.DynamicProgramming, "learned": gridopt.Learned},
 }
 
 
@@ -358,13 +361,14 @@ def cmd_sample(args) -> int:
     trained.model.to(device)
     score, process = trained.score(), trained.process
     score, solver = _controls(args, trained, score, solver)
+    schedule = _grid_file(args.schedule, "sample") if args.schedule else None
     shard_lo, shard_hi = bdist.shard(args.n)  # this rank's global sample indices
     chunks, nfe, start = [torch.zeros((0, *trained.sample_shape))], 0, time.perf_counter()
     with torch.no_grad():
         for lo in range(shard_lo, shard_hi, args.batch):
             b = min(args.batch, shard_hi - lo)
             sol = sdesolve.sample(process, score, solver, shape=(b, *trained.sample_shape), steps=steps,
-                                  seed=args.seed, sample_offset=lo, device=device)
+                                  schedule=schedule, seed=args.seed, sample_offset=lo, device=device)
             chunks.append(trained.to_data(sol.y.float()).cpu())
             nfe += int(sol.stats.nfe)
     y = bdist.gather(torch.cat(chunks))  # all samples in global order
@@ -460,6 +464,7 @@ def cmd_bench(args) -> int:
         entries = [reference] if reference is not None else []
         for s, own in zip(solvers, own_tol):
             entries += [runner.Entry(s, tol=s.rtol)] if own else runner.grid([s], nfe, tols)
+        entries += _grid_rows(args, problem, solvers, nfe, device)
         entries += runner.grid([], nfe, tols, peers)
     except ValueError as e:
         raise SystemExit(f"sdesolve bench: {e}") from None
@@ -475,6 +480,128 @@ def cmd_bench(args) -> int:
         print("wrote " + ", ".join(str(p) for p in paths.values() if p is not None))
     bdist.finish()
     return 0
+
+
+# --- optimized grids ---------------------------------------------------------------------------
+def _grid_file(path, command):
+    try:
+        return gridopt.load_grid(path).grid
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"sdesolve {command}: --schedule {path}: {e}") from None
+
+
+def _grid_method(args, name):
+    cls = _pick("grid_method", name)
+    opts = {"dp": {"candidates": args.candidates, "sweeps": args.sweeps},
+            "learned": {"iterations": args.iterations, "lr": args.lr}}[name.lower()]
+    return cls(**{k: v for k, v in opts.items() if v is not None})
+
+
+def _optimize(args, problem, solver, steps, method, device, command):
+    """An optimized grid for ``problem`` (a bench Problem), calibrated on --optimization-seed."""
+    if args.optimization_seed == getattr(args, "seed", None):
+        raise SystemExit(f"sdesolve {command}: --optimization-seed must differ from --seed (calibration samples "
+                         "are kept apart from evaluation samples)")
+    ident = (gridopt.model_digest(problem.model) + ("" if args.raw_weights else ":ema")) if problem.model is not None \
+        else f"gmm:{problem.name}"
+    dtype = torch.float32 if problem.model is not None else torch.float64
+    with torch.no_grad():  # the learned method turns gradients back on for the grid alone
+        return gridopt.optimize(problem.process, problem.score, solver, steps, method=method, n=args.optimization_n,
+                                seed=args.optimization_seed, reference=gridopt.Teacher(steps=args.teacher_steps),
+                                shape=problem.sample_shape, device=device, dtype=dtype, model_id=ident,
+                                cache=args.grid_cache)
+
+
+def _grid_rows(args, problem, solvers, nfe, device) -> list:
+    """bench rows with an explicit grid: --schedule FILE for every deterministic fixed-step solver,
+    and --optimized-grids METHODS: one grid per solver, budget and method."""
+    from .bench import runner
+    rows = []
+    fixed = [s for s in solvers if not s.adaptive and not s.stochastic]
+    if args.schedule:
+        grid = _grid_file(args.schedule, "bench")
+        rows += [runner.Entry(s, nfe=(grid.numel() - 1) * s.nfe_per_step, schedule=grid, grid=Path(args.schedule).name)
+                 for s in fixed]
+    for name in filter(None, (m.strip().lower() for m in (args.optimized_grids or "").split(","))):
+        method = _grid_method(args, name)
+        for s in fixed:
+            for k in nfe:
+                steps = steps_for_nfe(s, k)
+                if isinstance(method, gridopt.DynamicProgramming) and steps > method.candidates:
+                    continue
+                opt = _optimize(args, problem, s, steps, method, device, "bench")
+                rows.append(runner.Entry(s, nfe=k, schedule=opt.grid, grid=name, grid_seconds=opt.record["seconds"]))
+    return rows
+
+
+def cmd_schedule(args) -> int:
+    """Optimize a time grid for one model, solver and NFE budget (dynamic programming against
+    teacher trajectories, or gradient descent through the sampler); write the grid (a tensor,
+    .pt) and its record (.json beside it)."""
+    device = torch.device(args.device or "cpu")
+    if args.checkpoint:
+        try:
+            trained = load_trained(args.checkpoint, ema=not args.raw_weights)
+        except CheckpointError as e:
+            raise SystemExit(f"sdesolve schedule: {e}") from None
+        trained.model.to(device)
+        problem = bench_problems.Problem(name=str(args.checkpoint), process=trained.process, score=trained.score(),
+                                         sample_shape=tuple(trained.sample_shape), quality=None, model=trained.model)
+    else:
+        mix = _pick("gmm", args.gmm)()
+        process = VPSDE()
+        problem = bench_problems.Problem(name=args.gmm.lower(), process=process, score=mix.score(process),
+                                         sample_shape=(mix.D,), quality=None)
+    solver = solver_from_spec(args.solver)
+    if solver.adaptive or solver.stochastic:
+        raise SystemExit(f"sdesolve schedule: {args.solver!r} is {'adaptive' if solver.adaptive else 'stochastic'}; "
+                         "grids are optimized for deterministic fixed-step solvers")
+    steps = args.steps if args.steps is not None else steps_for_nfe(solver, args.nfe)
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise SystemExit(f"sdesolve schedule: --out {out} must end in .pt (a tensor; the record goes beside it as .json)")
+    try:
+        opt = _optimize(args, problem, solver, steps, _grid_method(args, args.method), device, "schedule")
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"sdesolve schedule: {e}") from None
+    opt.save(out)
+    r = opt.record
+    print(f"{r['method']} grid for {r['solver']} ({steps} steps, {r['nfe']} NFE) in {r['seconds']:.1f} s"
+          f"{' (cached)' if r.get('cached') else ''}: loss {r['loss_before']:.4g} ({r['loss_before_grid']}) -> "
+          f"{r['loss_after']:.4g}\n  times {', '.join(f'{t:.5g}' for t in r['grid'])}\n  -> {out}, "
+          f"{out.with_suffix('.json')}")
+    return 0
+
+
+def _add_grid_options(p):
+    p.add_argument("--optimization-n", type=int, default=64, help="calibration samples of an optimized grid")
+    p.add_argument("--optimization-seed", type=int, default=gridopt.CALIBRATION_SEED,
+                   help=f"calibration seed (default {gridopt.CALIBRATION_SEED}; must differ from --seed)")
+    p.add_argument("--teacher-steps", type=int, default=256,
+                   help="steps of the teacher (DPM-Solver++(3M), log-SNR grid) (default 256)")
+    p.add_argument("--grid-cache", help="directory caching optimized grids (a .pt tensor and a .json record each)")
+    p.add_argument("--candidates", type=int, help="dp: candidate steps (default 64; divides --teacher-steps)")
+    p.add_argument("--sweeps", type=int, help="dp: greedy end-to-end refinement sweeps (default 3)")
+    p.add_argument("--iterations", type=int, help="learned: Adam iterations (default 150)")
+    p.add_argument("--lr", type=float, help="learned: Adam learning rate (default 0.05)")
+
+
+def _add_schedule(sub):
+    p = sub.add_parser("schedule", help="optimize a time grid for a model, solver and NFE",
+                       description=cmd_schedule.__doc__)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="a trained checkpoint (file or directory)")
+    what.add_argument("--gmm", help=f"a Gaussian mixture with exact scores: {', '.join(sorted(TABLE['gmm']))}")
+    p.add_argument("--solver", required=True, help="a deterministic fixed-step solver spec, e.g. dpmsolverpp:order=2")
+    p.add_argument("--nfe", type=int, default=10, help="NFE budget (default 10)")
+    p.add_argument("--steps", type=int, help="solver steps (overrides --nfe)")
+    p.add_argument("--method", default="dp", choices=sorted(TABLE["grid_method"]))
+    p.add_argument("--out", required=True, help="grid file (.pt; the record is written beside it as .json)")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    _add_grid_options(p)
+    p.set_defaults(func=cmd_schedule, seed=None)
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -538,6 +665,7 @@ def _add_sample(sub):
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--schedule", help="a grid file (sdesolve schedule --out): sample on these times")
     p.set_defaults(func=cmd_sample)
 
 
@@ -573,6 +701,10 @@ def _add_bench(sub):
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--optimized-grids", default="",
+                   help="add rows with grids optimized per solver and NFE: dp, learned or dp,learned")
+    p.add_argument("--schedule", help="a grid file: add a row with it for every deterministic fixed-step solver")
+    _add_grid_options(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -582,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_bench(sub)
+    _add_schedule(sub)
     return parser
 
 

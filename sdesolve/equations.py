@@ -16,7 +16,7 @@ import torch
 
 from .tensors import per_sample
 
-__all__ = ["Equation", "ODE", "SDE", "ReverseSDE", "ProbabilityFlowODE", "NOISE_TYPES"]
+__all__ = ["Equation", "ODE", "SDE", "DiffusionEquation", "ReverseSDE", "ProbabilityFlowODE", "NOISE_TYPES"]
 
 NOISE_TYPES = ("diagonal", "scalar", "additive")
 
@@ -52,6 +52,11 @@ class Equation:
 
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is an ODE: it has no diffusion")
+
+    def graph_key(self) -> tuple:
+        """(key, refs): what a captured CUDA graph of a loop over this equation depends on (the
+        key, compared by value), and the objects the key names by id (kept alive with the graph)."""
+        return (id(self),), (self,)
 
 
 class ODE(Equation):
@@ -96,9 +101,16 @@ class SDE(Equation):
         return g
 
 
-class _DiffusionEquation(Equation):
-    """Shared by ReverseSDE and ProbabilityFlowODE: the process, the score and its
-    reparametrizations (denoised x0 and noise eps), each call counted once."""
+class DiffusionEquation(Equation):
+    """An equation of a diffusion model: what the diffusion-specific solvers (DDIM, DPM-Solver,
+    UniPC, EDM's Heun, ancestral and reverse-diffusion steps, Langevin correctors) ask for.
+
+    ``process``: the forward process (its marginals x_t = alpha(t) x_0 + sigma(t) z, log-SNR, SDE
+    coefficients); ``score_at(t, x)`` = grad_x log p_t(x); ``denoised(t, x)`` = E[x_0 | x_t = x];
+    ``eps(t, x)`` = E[z | x_t = x]; each one model evaluation, counted in ``nfe``. The drift is the
+    reverse SDE's (:class:`ReverseSDE`) or the probability-flow ODE's (:class:`ProbabilityFlowODE`);
+    ``companion()`` is the other one, on the same process and score.
+    """
 
     def __init__(self, process, score):
         super().__init__()
@@ -130,8 +142,20 @@ class _DiffusionEquation(Equation):
     def g2(self, t, x):
         return per_sample(self.process.g2(t), x)
 
+    def companion(self) -> "DiffusionEquation":
+        """The other equation of this process and score (the probability-flow ODE of a reverse
+        SDE, and the reverse SDE of a probability-flow ODE), whose model evaluations are counted
+        on this one: what a predictor-corrector step with a deterministic predictor integrates."""
+        other = (ProbabilityFlowODE if self.is_sde else ReverseSDE)(self.process, self.score)
+        other._count = self._count
+        return other
 
-class ReverseSDE(_DiffusionEquation):
+    def graph_key(self) -> tuple:
+        what, refs = self.score.graph_key()
+        return (type(self), id(self.process), repr(self.process)) + what, (self.process,) + refs
+
+
+class ReverseSDE(DiffusionEquation):
     """The reverse-time SDE of Anderson (1982) / Song et al. (2021), integrated with dt < 0:
     dx = [f(t) x - g(t)^2 s(x, t)] dt + g(t) dW_bar. The noise is additive."""
 
@@ -146,7 +170,7 @@ class ReverseSDE(_DiffusionEquation):
         return per_sample(torch.sqrt(self.process.g2(t)), x)
 
 
-class ProbabilityFlowODE(_DiffusionEquation):
+class ProbabilityFlowODE(DiffusionEquation):
     """dx/dt = f(t) x - g(t)^2 s(x, t) / 2, whose solution has the marginals p_t of the process."""
 
     def drift(self, t, x):

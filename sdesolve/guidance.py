@@ -30,7 +30,7 @@ solvers compose):
         after every step to t1, the known entries (mask True) are replaced by a draw of the
         forward marginal alpha(t1) known + sigma(t1) z (Song et al. 2021, App. I.2: score_sde's
         PC inpainting, which replaces after each predictor and corrector update), with z from the
-        step's noise at draw ``REPLACEMENT_DRAW`` (= 64; solvers use draws < 16, the Langevin
+        step's noise at draw ``Draw.REPLACEMENT`` (= 64; solvers use draws < 16, the Langevin
         corrector 16 + j). The last step of the solve (t1 = the end time) puts the clean known
         values, so they are kept exactly. (score_sde uses the marginal at the step's start time;
         here it is the time the state has reached.) With a PredictorCorrector inside, the
@@ -59,20 +59,18 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
-from typing import Any
-
 import torch
 
+from .equations import DiffusionEquation
+from .noise import Draw
 from .scores import Score
-from .solvers.base import Solver, Step, per_sample
+from .solvers.base import CONTROLLED, Solver, Step, per_sample
 from .solvers.langevin import AnnealedLangevin
 
 __all__ = ["ClassifierGuidance", "ClassifierFreeGuidance", "Inpaint", "Colorize", "KnownReplacement",
-           "AnnealedLangevinInpaint", "helmert_basis", "REPLACEMENT_DRAW"]
+           "AnnealedLangevinInpaint", "helmert_basis"]
 
 #: noise draw used by the replacement hooks (solvers use draws < 16, Langevin correctors 16 + j)
-REPLACEMENT_DRAW = 64
 
 
 def _as_score(score) -> Score:
@@ -250,18 +248,12 @@ class _Known:
         return self._unrotate(torch.where(mask, value, self._rotate(y, H)), H)
 
 
-@dataclass(frozen=True)
-class _ReplacementState:
-    inner: Any
-    t_end: torch.Tensor | None
-
-
 class KnownReplacement(_Known, Solver):
     """A solver wrapper: ``solver``'s step, then the known entries replaced (see the module
     docstring). ``basis``: an orthogonal C x C matrix acting on dimension 1 in which ``known`` and
     ``mask`` are given (None: pixel coordinates)."""
 
-    needs_process = True
+    equation = DiffusionEquation
 
     def __init__(self, solver: Solver, known, mask, basis: torch.Tensor | None = None):
         if not isinstance(solver, Solver):
@@ -271,28 +263,26 @@ class KnownReplacement(_Known, Solver):
                             f"fixed grid (adaptive controllers step subsets of the batch)")
         self.solver = solver
         self._set_known(known, mask, basis)
-        for name in ("order", "weak_order", "stochastic", "nfe_per_step", "noise_types", "uses_grid",
-                     "default_schedule"):
-            setattr(self, name, getattr(solver, name))
-        self.adaptive = False
+        self.order, self.weak_order, self.stochastic = solver.order, solver.weak_order, solver.stochastic
+        self.nfe_per_step, self.noise_types = solver.nfe_per_step, solver.noise_types
+        self.default_schedule = solver.default_schedule
 
     def check(self, eq) -> None:
         self.solver.check(eq)
         super().check(eq)
 
-    def init(self, eq, t0, y0, t_end=None, **plan):
+    def init(self, eq, t0, y0):
         self._validate(y0)
-        return _ReplacementState(self.solver.init(eq, t0, y0, t_end, **plan), t_end)
+        return self.solver.init(eq, t0, y0)
 
-    def step(self, eq, t0, t1, y0, state, noise):
-        out = self.solver.step(eq, t0, t1, y0, state.inner, noise)
-        alpha, sigma = eq.process.marginal(t1)
-        if state.t_end is not None:
-            last = t1 == state.t_end.to(t1.device)
-            alpha = torch.where(last, torch.ones_like(alpha), alpha)
-            sigma = torch.where(last, torch.zeros_like(sigma), sigma)
-        y = self._put(out.y, alpha, sigma, noise.normal(out.y, REPLACEMENT_DRAW))
-        return Step(y, out.error, _ReplacementState(out.state, state.t_end))
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        out = self.solver.step(eq, t0, t1, y0, state, noise, at)
+        if at.last:  # the result keeps the clean known values
+            alpha, sigma = torch.ones_like(t1), torch.zeros_like(t1)
+        else:
+            alpha, sigma = eq.process.marginal(t1)
+        y = self._put(out.y, alpha, sigma, noise.normal(out.y, Draw.REPLACEMENT))
+        return Step(y, out.error, out.state)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.solver!r}, known={tuple(self.known.shape)})"
@@ -332,16 +322,6 @@ class Colorize(KnownReplacement):
         return images.mean(1, keepdim=True)
 
 
-@dataclass(frozen=True)
-class _LevelState:
-    """AnnealedLangevinInpaint's state: end times (B,), the number of levels (None without the
-    grid) and the index of the next level."""
-
-    t_end: torch.Tensor | None
-    steps: int | None = None
-    i: int = 0
-
-
 class AnnealedLangevinInpaint(_Known, AnnealedLangevin):
     """Inpainting with annealed Langevin dynamics (Song & Ermon 2019, App. B.3, Alg. 2).
 
@@ -349,7 +329,7 @@ class AnnealedLangevinInpaint(_Known, AnnealedLangevin):
     x += a alpha^2 s + sqrt(2 a) alpha z at the level of t_{i+1}, a = step_lr sigma_i^2 /
     sigma_L^2 in the variance-exploding noise level sigma = sigma / alpha, noise draw j for update
     j), with the known entries set after every update to y = alpha known + sigma z~, one draw
-    (``REPLACEMENT_DRAW``) per level; after the last level (and its final denoising step, with
+    (``Draw.REPLACEMENT``) per level; after the last level (and its final denoising step, with
     ``denoise=True``) they are set to the clean known values.
     """
 
@@ -357,27 +337,19 @@ class AnnealedLangevinInpaint(_Known, AnnealedLangevin):
         AnnealedLangevin.__init__(self, n_steps, step_lr, denoise)
         self._set_known(known, mask)
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
+    def init(self, eq, t0, y0):
         self._validate(y0)
-        return _LevelState(t_end, None if grid is None else torch.as_tensor(grid).numel() - 1)
+        return None
 
-    def step(self, eq, t0, t1, y0, state, noise):
-        p = eq.process
-        t_end = state.t_end if state.t_end is not None else t1
-        a = self.step_lr * p.sigma_edm(t1) ** 2 / p.sigma_edm(t_end) ** 2
-        alpha, sigma = p.marginal(t1)
-        z_known = noise.normal(y0, REPLACEMENT_DRAW)
-        x = y0
-        for j in range(self.n_steps):
-            s = eq.score_at(t1, x)
-            x = x + per_sample(a * alpha**2, x) * s + per_sample(torch.sqrt(2.0 * a) * alpha, x) * noise.normal(x, j)
-            x = self._put(x, alpha, sigma, z_known)
-        last = state.i == state.steps - 1 if state.steps is not None else bool((t1 == t_end).all())
-        if last:
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        alpha, sigma = eq.process.marginal(t1)
+        z_known = noise.normal(y0, Draw.REPLACEMENT)
+        x = self.anneal(eq, t1, y0, at, noise, after=lambda x: self._put(x, alpha, sigma, z_known))
+        if at.last:
             if self.denoise:
                 x = eq.denoised(t1, x)
             x = self._put(x, torch.ones_like(alpha), torch.zeros_like(sigma), z_known)
-        return Step(x, state=replace(state, i=state.i + 1))
+        return Step(x)
 
     def __repr__(self):
         return (f"AnnealedLangevinInpaint(n_steps={self.n_steps}, step_lr={self.step_lr}, denoise={self.denoise}, "

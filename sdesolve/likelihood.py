@@ -56,16 +56,14 @@ import torch
 
 from .equations import ODE
 from .errors import NonFiniteError, SolverError, _fmt
-from .noise import Noise, streams
-from .solve import Stats, solve
+from .noise import DEQUANTIZATION_STEP, PROBE_STEP, Noise, streams
+from .integrate import solve
+from .solution import Stats
+from .timeplan import plan_times
 
 __all__ = ["Trace", "ExactTrace", "Hutchinson", "LikelihoodResult", "log_likelihood", "BitsPerDim",
            "bits_per_dim", "pixel_levels", "dequantize", "PROBE_STEP", "DEQUANTIZATION_STEP"]
 
-#: noise step counter of the Hutchinson probes (draw p is probe p); distinct from solver steps
-PROBE_STEP = 0xFFFF0000
-#: noise step counter of the dequantization draws (draw k is dequantization k)
-DEQUANTIZATION_STEP = 0xFFFE0000
 
 
 # --- divergence estimators ---------------------------------------------------------------------
@@ -184,19 +182,15 @@ def _times(process, t_min, T, schedule, steps, solver, controller):
     tol = 1e-12 * max(1.0, process.T)
     if not (0.0 <= t_min < T <= process.T + tol):
         raise ValueError(f"log_likelihood: need 0 <= t_min < T <= process.T = {process.T}, got t_min={t_min}, T={T}")
-    if getattr(solver, "adaptive", False) or controller is not None:
-        if schedule is not None or steps is not None:
-            raise ValueError(f"{type(solver).__name__} chooses its own steps; do not pass steps or schedule")
-        return t_min, T, None
-    if grid is None:
-        if steps is None:
-            raise ValueError(f"log_likelihood with the fixed-step {type(solver).__name__} needs steps= or "
-                             "schedule= (or an adaptive solver such as Dopri5)")
-        if schedule is None:
-            grid = torch.linspace(t_min, T, steps + 1, dtype=torch.float64)
-        else:  # a schedule function gives T first; the likelihood runs from t_min up to T
-            grid = schedule(process, steps, t_start=T, t_end=t_min).to(torch.float64).flip(0)
-    return t_min, T, grid
+    adaptive = solver.adaptive or controller is not None
+    if adaptive and (schedule is not None or steps is not None):
+        raise ValueError(f"{type(solver).__name__} chooses its own steps; do not pass steps or schedule")
+    if not adaptive and grid is None and steps is None:
+        raise ValueError(f"log_likelihood with the fixed-step {type(solver).__name__} needs steps= or "
+                         "schedule= (or an adaptive solver such as Dopri5)")
+    plan = plan_times(process, t_min, T, steps=steps, schedule=grid if grid is not None else schedule,
+                      adaptive=adaptive, check_range=False)
+    return t_min, T, plan.grid
 
 
 def _default_solver():

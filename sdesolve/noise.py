@@ -34,7 +34,8 @@ import math
 
 import torch
 
-__all__ = ["Noise", "streams", "philox4x32", "normal_from_counters", "PRIOR_STEP"]
+__all__ = ["Noise", "streams", "philox4x32", "normal_from_counters", "PRIOR_STEP", "PROBE_STEP", "DEQUANTIZATION_STEP",
+           "Draw", "kernel_noise"]
 
 _M32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
@@ -46,6 +47,28 @@ _TWO_PI = 6.283185307179586
 
 #: step counter used for the prior sample x_T, distinct from every solver step (which are >= 0)
 PRIOR_STEP = 0xFFFFFFFF
+#: step counter of the Hutchinson probes of a likelihood (draw p is probe p)
+PROBE_STEP = 0xFFFF0000
+#: step counter of the dequantization draws of bits per dimension (draw k is dequantization k)
+DEQUANTIZATION_STEP = 0xFFFE0000
+
+
+class Draw:
+    """Which draw of a step a random number is: every draw number used anywhere, in one place.
+
+    Within one step (counter ``step`` of a sample's stream) a solver's own normals use draws
+    0..15 (the Brownian increment is draw 0; SRA1's second normal draw 1; annealed Langevin's
+    update j draw j); ``CORRECTOR + j`` is iteration j of a Langevin corrector; ``REPLACEMENT``
+    the noise of the known entries in inpainting-style replacement; ``BRIDGE`` the Brownian-bridge
+    normal of a retried step under step-size control. The prior x_T is drawn at step
+    ``PRIOR_STEP``, draw 0; the likelihood's probes and dequantization draws at ``PROBE_STEP`` and
+    ``DEQUANTIZATION_STEP``, draw p for probe (or draw) p.
+    """
+
+    SOLVER_LIMIT = 16
+    CORRECTOR = 16
+    REPLACEMENT = 64
+    BRIDGE = 0x7F000000
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,3 +188,16 @@ class Noise:
         z2 = self.normal(like, draw + 1)
         dW = h.sqrt() * z1
         return dW, h * h.sqrt() * (0.5 * z1 + z2 / (2.0 * math.sqrt(3.0)))
+
+
+def kernel_noise(noise, like: torch.Tensor, draw: int) -> dict:
+    """The noise arguments of a fused update (:mod:`sdesolve.kernels`) for draw ``draw``.
+
+    A counter-based :class:`Noise` gives ``{"noise": noise, "draw": draw}``: the kernels
+    regenerate its numbers in-kernel (the same numbers as ``noise.normal(like, draw)``). Any
+    other source of normals (a Noise subclass that overrides ``normal``, a recorded Brownian
+    path, anything with a ``normal(like, draw)`` method) gives ``{"z": noise.normal(like, draw)}``.
+    """
+    if isinstance(noise, Noise) and type(noise).normal is Noise.normal:
+        return {"noise": noise, "draw": draw}
+    return {"z": noise.normal(like, draw)}

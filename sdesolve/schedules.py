@@ -50,12 +50,16 @@ def _check_steps(steps):
 
 
 def uniform(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+    """steps + 1 times equally spaced in t from t_start (default T) to t_end (default t_min)
+    (score_sde's grid)."""
     _check_steps(steps)
     a, b = _ends(process, t_start, t_end)
     return torch.linspace(a, b, steps + 1, dtype=torch.float64)
 
 
 def quadratic(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+    """t_i = t_end + (t_start - t_end) (1 - i / N)^2: denser near the data (DDIM's "quadratic"
+    spacing, Song et al. 2021a)."""
     _check_steps(steps)
     a, b = _ends(process, t_start, t_end)
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
@@ -63,6 +67,8 @@ def quadratic(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
 
 
 def logsnr(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+    """Times equally spaced in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's "logSNR"
+    spacing, Lu et al. 2022a), mapped back through the process's inverse of lambda."""
     _check_steps(steps)
     a, b = _ends(process, t_start, t_end)
     lam = torch.linspace(float(process.lam(a)), float(process.lam(b)), steps + 1, dtype=torch.float64)

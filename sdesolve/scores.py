@@ -21,33 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from . import labels
 from .tensors import per_sample
 
 __all__ = ["Score", "labels"]
-
-
-class labels:
-    """Time-label conventions: functions (process, t) -> label of shape (B,), float64."""
-
-    @staticmethod
-    def continuous(process, t):
-        return t
-
-    @staticmethod
-    def discrete(N: int):
-        """t (N - 1): the label of a model trained on N discrete steps indexed 0..N-1."""
-        def label(process, t):
-            return t * (N - 1)
-        label.__name__ = f"discrete({N})"
-        return label
-
-    @staticmethod
-    def sigma(process, t):
-        return process.sigma_edm(t)
-
-    @staticmethod
-    def edm_c_noise(process, t):
-        return torch.log(process.sigma_edm(t)) / 4.0
 
 
 class Score:
@@ -73,22 +50,32 @@ class Score:
     # constructors --------------------------------------------------------------------------
     @classmethod
     def from_score(cls, model, process=None, time_label=labels.continuous, **kw):
+        """A model of the score itself: model(x_t, label(t), **kw) = grad_x log p_t(x_t)."""
         return cls(model, process, "score", time_label, **kw)
 
     @classmethod
     def from_eps(cls, model, process, time_label=labels.continuous, **kw):
+        """A noise-prediction model (DDPM, score_sde's VP models): model(x_t, label(t)) = z_hat, the
+        estimate of z in x_t = alpha x_0 + sigma z; score = -z_hat / sigma."""
         return cls(model, process, "eps", time_label, **kw)
 
     @classmethod
     def from_x0(cls, model, process, time_label=labels.continuous, **kw):
+        """A data-prediction model: model(x_t, label(t)) = x0_hat = E[x_0 | x_t];
+        score = (alpha x0_hat - x_t) / sigma^2 (Tweedie)."""
         return cls(model, process, "x0", time_label, **kw)
 
     @classmethod
     def from_v(cls, model, process, time_label=labels.continuous, **kw):
+        """A v-prediction model (Salimans & Ho 2022; diffusers' ``prediction_type="v_prediction"``):
+        model(x_t, label(t)) = v_hat = alpha z - sigma x_0; x0_hat = (alpha x_t - sigma v_hat) /
+        (alpha^2 + sigma^2)."""
         return cls(model, process, "v", time_label, **kw)
 
     @classmethod
     def from_denoiser(cls, model, process, time_label=labels.sigma, **kw):
+        """An EDM-style denoiser (Karras et al. 2022; k-diffusion): D(x_t / alpha, label) = x0_hat on
+        the variance-exploding scale, labelled by sigma / alpha by default."""
         return cls(model, process, "denoiser", time_label, **kw)
 
     # the model call --------------------------------------------------------------------------
@@ -114,6 +101,13 @@ class Score:
             raise ValueError(f"the {self.kind} model returned shape {tuple(out.shape)} for input shape "
                              f"{tuple(x.shape)} (a model predicting something else, or wrong channels?)")
         return out
+
+    def graph_key(self) -> tuple:
+        """(key, refs): the identity of this score for a captured CUDA graph (the model and its
+        time label by id, its parametrization and extra model arguments), and the objects named."""
+        kwargs = tuple(sorted(self.model_kwargs.items()))
+        key = (id(self.fn), self.kind, id(self.time_label), self.label_dtype, tuple((k, id(v)) for k, v in kwargs))
+        return key, (self.fn, self.time_label, kwargs)
 
     def __call__(self, x, t, process=None):
         return self.score_of(x, t, process)

@@ -289,8 +289,8 @@ def test_adaptive_sde_step_law():
     ctl = PIController.for_solver(sds.AdaptiveSDE())
     err = torch.tensor([0.01, 0.5, 2.0, 30.0], dtype=torch.float64)
     acc = err <= 1
-    fac = ctl._factor(err, torch.ones(4, dtype=torch.float64), sds.AdaptiveSDE.error_order, acc,
-                      torch.zeros(4, dtype=torch.bool))
+    fac = ctl.adapt(err, torch.ones(4, dtype=torch.float64), sds.AdaptiveSDE.error_order, acc,
+                    torch.zeros(4, dtype=torch.bool))
     torch.testing.assert_close(fac, 0.9 * err**-0.9)
 
 
@@ -317,7 +317,7 @@ class _PickyNoiseSolver(Solver):
     noise_types = ("additive",)
     error_order = 1.0
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=sds.Position()):
         z = noise.normal(y0, 0)
         dW = (t1 - t0).abs().sqrt()[:, None] * z
         return Step(y0 + dW, dW.abs().amax(1).double() / 0.1)

@@ -8,21 +8,22 @@ import torch
 
 import sdesolve as sds
 from sdesolve.noise import Noise, streams
+from sdesolve.timeplan import plan_times
 
 from helpers import fitted_slope
 
 
 def on_grid(solver, eq, y0, grid, noise):
-    """``solve``'s fixed-grid loop, with the grid handed to ``init`` (``grid=``) so multistep
-    solvers can plan their last steps and EDMHeun can divide its churn by N."""
+    """``solve``'s fixed-grid loop written out, each step told its position on the grid (so
+    multistep solvers can plan their last steps and EDMHeun can divide its churn by N)."""
     B, n = y0.shape[0], grid.numel() - 1
     tv = lambda i: grid[i].expand(B)
     eq.reset_counts()
-    kw = {"grid": grid} if getattr(solver, "uses_grid", False) else {}
-    state = solver.init(eq, tv(0), y0, tv(n), **kw)
+    at = plan_times(eq.process, schedule=grid).positions
+    state = solver.init(eq, tv(0), y0)
     y = y0
     for i in range(n):
-        out = solver.step(eq, tv(i), tv(i + 1), y, state, noise.at(i))
+        out = solver.step(eq, tv(i), tv(i + 1), y, state, noise.at(i), at[i])
         y, state = out.y, out.state
     return y
 
@@ -206,20 +207,20 @@ def test_per_sample_times(solver):
     g1 = LOGSNR(p, 9)
     g2 = KARRAS(p, 9, t_start=0.8, t_end=0.01)
     t = torch.stack([g1, g2], 1)  # (steps + 1, B)
-    state = solver.init(eq, t[0], x, t[-1])
+    state = solver.init(eq, t[0], x)
     y = x
     for i in range(9):
-        out = solver.step(eq, t[i], t[i + 1], y, state, Noise(streams(0, 2)).at(i))
+        out = solver.step(eq, t[i], t[i + 1], y, state, Noise(streams(0, 2)).at(i))  # no grid: the default position
         y, state = out.y, out.state
     for b, g in enumerate((g1, g2)):
         alone = sds.solve(eq, x[b:b + 1], solver=solver, schedule=g).y
         torch.testing.assert_close(y[b:b + 1], alone, rtol=1e-12, atol=1e-12)
 
 
-def test_lower_order_final_without_the_grid():
-    """Given only t_end, multistep solvers find their last step by its time: DPM-Solver++(2M)
-    and UniPC-2 through solve() agree with the grid-aware loop; with lower_order_final the last
-    step is first order (so the results differ from lower_order_final=False)."""
+def test_lower_order_final_through_solve():
+    """Through solve() the loop tells multistep solvers where each step is: DPM-Solver++(2M)
+    and UniPC-2 agree with the loop written out; with lower_order_final the last step is first
+    order (so the results differ from lower_order_final=False)."""
     p = sds.VPSDE()
     eq = p.probability_flow(mixture().score(p))
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -240,9 +241,9 @@ def _passes_grid():
     seen = {}
 
     class Probe(sds.DDIM):
-        def init(self, eq, t0, y0, t_end=None, grid=None):
-            seen["grid"] = grid
-            return super().init(eq, t0, y0, t_end, grid)
+        def step(self, eq, t0, t1, y0, state, noise, at=sds.Position()):
+            seen["grid"] = at.grid
+            return super().step(eq, t0, t1, y0, state, noise, at)
 
     p = sds.EDM()
     sds.solve(p.probability_flow(GAUSS.score(p)), torch.zeros(1, 3), solver=Probe(), steps=2,
@@ -250,7 +251,7 @@ def _passes_grid():
     return seen["grid"] is not None
 
 
-@pytest.mark.skipif(not _passes_grid(), reason="solve() does not hand the grid to solvers with uses_grid")
+@pytest.mark.skipif(not _passes_grid(), reason="solve() does not tell the steps their grid")
 def test_sample_plans_from_the_grid():
     p = sds.VPSDE()
     score = mixture().score(p)
@@ -313,7 +314,8 @@ def test_invalid_arguments_raise():
     p = sds.EDM()
     eq = p.probability_flow(GAUSS.score(p))
     with pytest.raises(ValueError, match="needs the grid"):
-        sds.EDMHeun(churn=1.0).init(eq, torch.full((1,), p.T), torch.zeros(1, 3), torch.full((1,), p.t_min))
+        sds.EDMHeun(churn=1.0).step(eq, torch.full((1,), p.T), torch.full((1,), p.t_min), torch.zeros(1, 3), None,
+                                    Noise(streams(0, 1)))
     with pytest.raises(TypeError, match="diffusion equation"):
         sds.solve(sds.ODE(lambda t, y: -y), torch.zeros(1, 3), 1.0, 0.5, sds.DPMSolverPP(), steps=3)
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import sdesolve as sds
-from sdesolve.guidance import (REPLACEMENT_DRAW, AnnealedLangevinInpaint, ClassifierFreeGuidance, ClassifierGuidance,
+from sdesolve.noise import Draw
+from sdesolve.guidance import (AnnealedLangevinInpaint, ClassifierFreeGuidance, ClassifierGuidance,
                                Colorize, Inpaint, helmert_basis)
 
 VP = sds.VPSDE()
@@ -340,7 +341,7 @@ def test_inpaint_per_sample_known_values_and_errors():
 
 
 def test_replacement_noise_is_its_own_draw():
-    """The replacement noise is draw REPLACEMENT_DRAW of the step, not one the solver uses: the
+    """The replacement noise is draw Draw.REPLACEMENT of the step, not one the solver uses: the
     unknown coordinate after one EM step does not depend on what the known one is replaced with,
     and the noise put into the known coordinate is exactly that draw."""
     from sdesolve.noise import Noise, streams
@@ -349,12 +350,12 @@ def test_replacement_noise_is_its_own_draw():
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t0, t1 = torch.full((8,), 0.6, dtype=torch.float64), torch.full((8,), 0.5, dtype=torch.float64)
     noise = Noise(streams(7, 8)).at(3)
-    state = hook.init(eq, t0, x, torch.full((8,), VP.t_min, dtype=torch.float64))
+    state = hook.init(eq, t0, x)
     out = hook.step(eq, t0, t1, x, state, noise).y
     plain = sds.EulerMaruyama().step(eq, t0, t1, x, None, noise).y
     assert torch.equal(out[:, 1], plain[:, 1])
     a, s = VP.marginal(t1)
-    z = noise.normal(x, REPLACEMENT_DRAW)
+    z = noise.normal(x, Draw.REPLACEMENT)
     assert torch.allclose(out[:, 0], a * A + s * z[:, 0], rtol=0, atol=1e-15)
 
 

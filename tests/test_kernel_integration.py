@@ -22,10 +22,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sdesolve as sds
+from sdesolve.timeplan import plan_times
 from sdesolve.kernels import dispatch
 from sdesolve.noise import Noise, streams
 
-solve_module = sys.modules["sdesolve.solve"]
+solve_module = sys.modules["sdesolve.integrate"]
 sde_module = sys.modules["sdesolve.solvers.sde"]
 langevin_module = sys.modules["sdesolve.solvers.langevin"]
 diffusion_module = sys.modules["sdesolve.solvers.diffusion"]
@@ -98,8 +99,8 @@ def test_updates_use_the_documented_draws():
     z = lambda draw: noise.normal(x, draw)  # noqa: E731
     rev = p.reverse(score)
 
-    def close(solver, want, eq=rev, state=None):
-        got = solver.step(eq, t0, t1, x, state, noise).y
+    def close(solver, want, eq=rev, state=None, at=sds.Position()):
+        got = solver.step(eq, t0, t1, x, state, noise, at).y
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
     # Euler-Maruyama: x + f h + g sqrt|h| z_0
@@ -120,7 +121,7 @@ def test_updates_use_the_documented_draws():
     eps_hat = (x - _col(p.alpha(t0)) * D) / _col(p.sigma(t0))
     want = _col(p.alpha(t1)) * D + _col((sig_s2 - c**2).sqrt()) * eps_hat + _col(c) * z(0)
     ddim = sds.DDIM(eta)
-    close(ddim, want, state=ddim.init(rev, t0, x, t1, grid=torch.tensor([0.6, 0.55], dtype=torch.float64)))
+    close(ddim, want, state=ddim.init(rev, t0, x))
     # Langevin corrector, realized norms, two iterations: draws 16 and 17
     alpha = p.langevin_alpha(t0, h)
     y = x
@@ -140,7 +141,8 @@ def test_updates_use_the_documented_draws():
     for j in range(2):
         y = (y + _col(a_ald * p.alpha(t1) ** 2) * score(y, t1)
              + _col(torch.sqrt(2 * a_ald) * p.alpha(t1)) * noise.normal(y, j))
-    close(ald, y, state=ald.init(rev, t0, x, t1))
+    one_step = plan_times(p, schedule=torch.tensor([0.6, 0.55], dtype=torch.float64)).positions[0]
+    close(ald, y, state=ald.init(rev, t0, x), at=one_step)
 
 
 def test_embedded_runge_kutta_uses_rk_combine(monkeypatch):
@@ -292,7 +294,7 @@ def no_host_sync(monkeypatch):
     """solve's fixed-grid loop (what cuda_graph=True captures) under NoHostSync, with the tensor
     methods that read data outside the dispatcher (tolist, numpy, cpu) failing too."""
     entered = []
-    real_loop = solve_module._fixed_loop
+    real_loop = solve_module._loop
 
     def fail(name):
         def method(self, *args, **kwargs):
@@ -306,7 +308,7 @@ def no_host_sync(monkeypatch):
                 m.setattr(torch.Tensor, name, fail(name))
             return real_loop(*args, **kwargs)
 
-    monkeypatch.setattr(solve_module, "_fixed_loop", loop)
+    monkeypatch.setattr(solve_module, "_loop", loop)
     return entered
 
 
@@ -335,10 +337,10 @@ def test_fixed_step_loops_make_no_host_sync(solver, process, no_host_sync):
 
 def test_host_sync_detector_catches_a_sync(no_host_sync):
     class Syncing(sds.EulerMaruyama):
-        def step(self, eq, t0, t1, y0, state, noise):
+        def step(self, eq, t0, t1, y0, state, noise, at=sds.Position()):
             if float(t0[0]) > 2.0:  # a host read of a device value
                 raise AssertionError("unreachable")
-            return super().step(eq, t0, t1, y0, state, noise)
+            return super().step(eq, t0, t1, y0, state, noise, at)
 
     p = sds.VPSDE()
     with pytest.raises(HostSyncError, match="_local_scalar_dense"):

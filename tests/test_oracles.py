@@ -30,6 +30,7 @@ import pytest
 import torch
 
 import sdesolve as sds
+from sdesolve.timeplan import plan_times
 from sdesolve.noise import PRIOR_STEP, Noise, streams
 
 from peers import kdiffusion_sampling
@@ -216,10 +217,11 @@ def test_diffusers_sde_dpmsolver_step_by_step(lower_order_final):
     solver = sds.DPMSolverPP(2, sde=True, lower_order_final=lower_order_final)
     eq = s.p.reverse(s.score)
     tv = lambda i: s.grid[i].expand(B)
-    state = solver.init(eq, tv(0), s.x, tv(10), grid=s.grid)
+    at = plan_times(eq.process, schedule=s.grid).positions
+    state = solver.init(eq, tv(0), s.x)
     x, worst = s.x.clone(), 0.0
     for i, ts in enumerate(s.timesteps):
-        ours = solver.step(eq, tv(i), tv(i + 1), x, state, s.noise.at(i))
+        ours = solver.step(eq, tv(i), tv(i + 1), x, state, s.noise.at(i), at[i])
         state = ours.state
         x = s.sched.step(s.eps(x, ts), ts, x, variance_noise=s.noise.at(i).normal(x, 0)).prev_sample
         worst = max(worst, rel(ours.y, x))

@@ -41,7 +41,7 @@ import torch
 
 from ..noise import PRIOR_STEP, Noise, streams
 from ..scores import Score
-from ..solve import sample as sds_sample
+from ..integrate import sample as sds_sample
 from ..solvers.base import Solver
 from . import distributed as dist
 from .peers import Peer, PeerUnavailable
@@ -138,6 +138,11 @@ class Entry:
     nfe: int | None = None
     tol: float | None = None
     reference: bool = False
+    #: an explicit grid (e.g. an optimized one) instead of the solver's default schedule, with its
+    #: name for the label and the seconds it took to make (reported apart from sampling time)
+    schedule: torch.Tensor | None = None
+    grid: str | None = None
+    grid_seconds: float | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -149,7 +154,9 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return f"{self.family} tol={self.tol:g}" if self.adaptive else f"{self.family} @{self.nfe}"
+        if self.adaptive:
+            return f"{self.family} tol={self.tol:g}"
+        return f"{self.family} @{self.nfe}" + (f" [{self.grid} grid]" if self.grid else "")
 
 
 def grid(solvers, nfe=(5, 10, 20, 50), tolerances=(1e-2, 1e-3), peers=(), reference: Entry | None = None) -> list:
@@ -210,7 +217,8 @@ def _one_batch(entry: Entry, problem, x_T, steps, seed, offset):
     if isinstance(s, Peer):
         y, calls = s.sample(problem.process, problem.score, x_T, steps=steps, tol=entry.tol, seed=seed, offset=offset)
         return y, calls, calls * x_T.shape[0]
-    sol = sds_sample(problem.process, problem.score, s, x_T=x_T, steps=steps, seed=seed, sample_offset=offset)
+    sol = sds_sample(problem.process, problem.score, s, x_T=x_T, steps=steps, schedule=entry.schedule, seed=seed,
+                     sample_offset=offset)
     return sol.y, int(sol.stats.nfe), int(sol.stats.sample_nfe)
 
 
@@ -301,6 +309,9 @@ def run(problem, entries, *, n: int, seed: int = 0, batch_size: int = 1000, devi
             "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None,
             "metrics": metrics, "x_T_sha1": sha, "error": error,
         }
+        if entry.schedule is not None:
+            row.update(grid=entry.grid, grid_times=[float(t) for t in entry.schedule],
+                       grid_optimization_seconds=entry.grid_seconds)
         rows.append(row)
         m = metrics.get(problem.quality.primary)
         say(f"{entry.label:42s} NFE {row['nfe']!s:>7s}  {seconds:8.2f} s  {problem.quality.primary} "

@@ -8,18 +8,18 @@ the counters of :class:`sdesolve.noise.Noise` and equals ``Noise.normal`` to flo
 ==========================  ============================================================
 em_step                     x + drift dt + g sqrt|dt| z                (Euler-Maruyama)
 affine_noise_step           a x + b s + c z                 (ancestral DDPM / NCSN, DDIM)
-reverse_diffusion_step      x + g^2 s - f + g z             (reverse-diffusion predictor)
 langevin_step               x + eps s + sqrt(2 eps) z, eps = 2 alpha (snr |z| / |s|)^2
 rk_combine                  y0 + dt sum b_i k_i and the embedded error norm
 ==========================  ============================================================
 
-Solvers pass their noise through :func:`noise_source`: a counter-based Noise is regenerated
-in-kernel, any other source of normals is drawn first and passed as ``z``.
+Solvers pass their noise through :func:`sdesolve.noise.kernel_noise`: a counter-based Noise
+(anything with int64 ``stream`` and ``step`` tensors) is regenerated in-kernel, any other source
+of normals is drawn first and passed as ``z``. This package imports nothing from the rest of
+sdesolve.
 
 triton is imported lazily, only when a call takes a kernel.
 """
-from .affine import affine_noise_step, affine_noise_step_ref, reverse_diffusion_step, reverse_diffusion_step_ref
-from .common import noise_source
+from .affine import affine_noise_step, affine_noise_step_ref
 from .dispatch import ENV_VAR, interpreter_active, kernel_mode
 from .em import em_step, em_step_ref
 from .langevin import langevin_step, langevin_step_ref, langevin_step_size, langevin_step_size_ref
@@ -30,8 +30,6 @@ __all__ = [
     "em_step_ref",
     "affine_noise_step",
     "affine_noise_step_ref",
-    "reverse_diffusion_step",
-    "reverse_diffusion_step_ref",
     "langevin_step",
     "langevin_step_ref",
     "langevin_step_size",
@@ -39,7 +37,6 @@ __all__ = [
     "rk_combine",
     "rk_combine_ref",
     "MAX_FUSED_STAGES",
-    "noise_source",
     "ENV_VAR",
     "kernel_mode",
     "interpreter_active",

@@ -12,21 +12,16 @@ samplers (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Sec.
 * Reverse diffusion with a drift linear in x, f(x) = f_i x: ``a = 1 - f_i``, ``b = g_i^2``, ``c = g_i``.
 * The Langevin corrector (:mod:`sdesolve.kernels.langevin`): ``a = 1``, ``b = eps``, ``c = sqrt(2 eps)``.
 * Deterministic updates (DDIM, the probability-flow step of any of these): ``c = None``.
-
-:func:`reverse_diffusion_step` is the general reverse-diffusion predictor for any discretised
-drift tensor f (score_sde's ``ReverseDiffusionPredictor``): ``x_mean = x + g^2 s - f``,
-``x = x_mean + g z``, with f and g the discretisation of the forward SDE over the step
-(``f = drift * dt`` of the forward process, ``g = diffusion * sqrt(dt)``).
 """
 from __future__ import annotations
 
 import torch
 
-from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, per_sample,
+from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
-__all__ = ["affine_noise_step", "affine_noise_step_ref", "reverse_diffusion_step", "reverse_diffusion_step_ref"]
+__all__ = ["affine_noise_step", "affine_noise_step_ref"]
 
 
 def _check(where, x, s, f, c, noise, z, draw):
@@ -61,12 +56,12 @@ def _triton(where, x, a, s, b, f, c, noise, draw, z, return_mean):
     out = torch.empty_like(x_c)
     store_mean = return_mean and c is not None
     mean = torch.empty_like(x_c) if store_mean else out
-    a_t, a_stride = per_sample(a, B, x.device, "a", where)
-    b_t, b_stride = per_sample(b, B, x.device, "b", where)
+    a_t, a_stride = coefficient(a, B, x.device, "a", where)
+    b_t, b_stride = coefficient(b, B, x.device, "b", where)
     if c is None:
         kind, c_t, c_stride, z_t, stream, step = tk.NO_NOISE, a_t, 0, x_c, x_c, x_c
     else:
-        c_t, c_stride = per_sample(c, B, x.device, "c", where)
+        c_t, c_stride = coefficient(c, B, x.device, "c", where)
         kind, z_t, stream, step = noise_arguments(tk, noise, z, x_c)
     geom = tile_geometry(B, N)
     tk.launch(tk.affine_kernel, geom, out, mean, x_c, s_c, f_c, z_t, a_t, a_stride, b_t, b_stride,
@@ -105,36 +100,3 @@ def affine_noise_step(x, a, s, b, c=None, noise=None, draw=0, *, z=None, return_
     if use_triton(where, x, (x, a, s, b, c, z)):
         return _triton(where, x, a, s, b, None, c, noise, draw, z, return_mean)
     return _ref(where, x, a, s, b, None, c, noise, draw, z, return_mean)
-
-
-def _g_squared(g, x, where):
-    ct = compute_dtype(x.dtype, where)
-    g_c = column(g, x, ct, "g", where).reshape(-1)
-    return g_c, g_c * g_c
-
-
-def reverse_diffusion_step_ref(x, f, g, score, noise=None, draw=0, *, z=None, return_mean=False):
-    """PyTorch reference of :func:`reverse_diffusion_step` (same arguments and semantics)."""
-    where = "reverse_diffusion_step"
-    draw = _check(where, x, score, f, g, noise, z, draw)
-    g_c, g2 = _g_squared(g, x, where)
-    return _ref(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)
-
-
-def reverse_diffusion_step(x, f, g, score, noise=None, draw=0, *, z=None, return_mean=False):
-    """The reverse-diffusion predictor ``mean = x + g^2 * score - f``, ``x1 = mean + g * z``, fused.
-
-    Args:
-        x: state ``(B, ...)``.
-        f: the forward drift discretised over the step (``drift(t, x) * dt``), shaped like ``x``.
-        g: the discretised diffusion (``diffusion(t) * sqrt(dt)``), per sample; ``g^2`` is
-            formed in the compute dtype.
-        score: the score at (x, t), shaped like ``x``.
-        noise, draw, z, return_mean: as in :func:`affine_noise_step`.
-    """
-    where = "reverse_diffusion_step"
-    draw = _check(where, x, score, f, g, noise, z, draw)
-    g_c, g2 = _g_squared(g, x, where)
-    if use_triton(where, x, (x, f, g, score, z)):
-        return _triton(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)
-    return _ref(where, x, 1.0, score, g2, f, g_c, noise, draw, z, return_mean)

@@ -22,12 +22,11 @@ __all__ = [
     "BLOCK_QUADS",
     "compute_dtype",
     "column",
-    "per_sample",
+    "coefficient",
     "check_like",
     "check_draw",
     "check_noise",
     "noise_ref",
-    "noise_source",
     "TileGeometry",
     "tile_geometry",
 ]
@@ -74,7 +73,7 @@ def column(value, x: torch.Tensor, dtype: torch.dtype, name: str, where: str) ->
     return value.reshape(-1).reshape(shape) if value.numel() != 1 else value.reshape((1,) * x.dim())
 
 
-def per_sample(value, batch: int, device, name: str, where: str) -> tuple[torch.Tensor, int]:
+def coefficient(value, batch: int, device, name: str, where: str) -> tuple[torch.Tensor, int]:
     """A per-sample coefficient as ``(tensor, stride)`` for a kernel: a contiguous ``(B,)``
     tensor with stride 1, or a one-element tensor with stride 0 (its dtype is kept: the kernel
     loads it and rounds to float32). Numbers become a one-element float64 tensor made on the
@@ -133,21 +132,6 @@ def noise_ref(noise, draw: int, z, x: torch.Tensor, dtype: torch.dtype) -> torch
         return z.to(dtype)
     like = torch.empty(x.shape, dtype=dtype, device=x.device)
     return noise.normal(like, draw)
-
-
-def noise_source(noise, like: torch.Tensor, draw: int) -> dict:
-    """The noise arguments of a fused update for draw ``draw`` of ``noise``, shaped like ``like``.
-
-    A counter-based :class:`sdesolve.noise.Noise` gives ``{"noise": noise, "draw": draw}``: the
-    kernels regenerate its numbers in-kernel (the same numbers as ``noise.normal(like, draw)``).
-    Any other source of normals (a Noise subclass that overrides ``normal``, a recorded Brownian
-    path, anything with a ``normal(like, draw)`` method) gives ``{"z": noise.normal(like, draw)}``.
-    """
-    from ..noise import Noise
-
-    if isinstance(noise, Noise) and type(noise).normal is Noise.normal:
-        return {"noise": noise, "draw": draw}
-    return {"z": noise.normal(like, draw)}
 
 
 def _next_pow2(n: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, per_sample,
+from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
@@ -58,8 +58,8 @@ def _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean):
     if g_full:
         g_t, g_stride = g.contiguous(), 0
     else:
-        g_t, g_stride = per_sample(g, B, x.device, "g", _WHERE)
-    dt_t, dt_stride = per_sample(dt, B, x.device, "dt", _WHERE)
+        g_t, g_stride = coefficient(g, B, x.device, "g", _WHERE)
+    dt_t, dt_stride = coefficient(dt, B, x.device, "dt", _WHERE)
     kind, z_t, stream, step = noise_arguments(tk, noise, z, x_c)
     geom = tile_geometry(B, N)
     tk.launch(tk.em_kernel, geom, out, mean, x_c, drift_c, g_t, g_stride, dt_t, dt_stride,

@@ -18,7 +18,7 @@ import numbers
 
 import torch
 
-from .common import check_like, column, compute_dtype, per_sample, tile_geometry
+from .common import check_like, column, compute_dtype, coefficient, tile_geometry
 from .dispatch import load_kernels, use_triton
 
 __all__ = ["rk_combine", "rk_combine_ref", "MAX_FUSED_STAGES"]
@@ -93,10 +93,10 @@ def _rk_combine_triton(y0, ks, b, dt, b_err, rtol, atol):
     ew = list(b_err) if has_err else []
     ew += [0.0] * (MAX_FUSED_STAGES - len(ew))
     y1 = torch.empty_like(y0_c)
-    dt_t, dt_stride = per_sample(dt, B, y0.device, "dt", _WHERE)
+    dt_t, dt_stride = coefficient(dt, B, y0.device, "dt", _WHERE)
     if has_err:
-        rtol_t, rtol_stride = per_sample(rtol, B, y0.device, "rtol", _WHERE)
-        atol_t, atol_stride = per_sample(atol, B, y0.device, "atol", _WHERE)
+        rtol_t, rtol_stride = coefficient(rtol, B, y0.device, "rtol", _WHERE)
+        atol_t, atol_stride = coefficient(atol, B, y0.device, "atol", _WHERE)
     else:
         rtol_t, rtol_stride, atol_t, atol_stride = dt_t, 0, dt_t, 0
     geom = tile_geometry(B, N)

@@ -1,7 +1,7 @@
-"""Solvers: objects with ``step(eq, t0, t1, y0, state, noise) -> Step``."""
+"""Solvers: objects with ``step(eq, t0, t1, y0, state, noise, at) -> Step`` (see :mod:`.base`)."""
 from .base import Solver, Step
 from .langevin import AnnealedLangevin, Langevin, PredictorCorrector
-from .rk import Euler, Heun, Midpoint, RK4Solver as RK4, RungeKutta
+from .rk import RK4, Euler, Heun, Midpoint, RungeKutta
 from .sde import Ancestral, EulerMaruyama, ReverseDiffusion
 from .tableaus import ButcherTableau
 from .adaptive import AdaptiveSDE, Bosh3, DenseOutput, Dopri5, EmbeddedRungeKutta, Tsit5

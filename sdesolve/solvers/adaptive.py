@@ -52,7 +52,8 @@ from fractions import Fraction as F
 import torch
 
 from ..kernels import rk_combine
-from .base import Solver, Step, per_sample
+from ..tensors import rms
+from .base import CONTROLLED, Solver, Step, per_sample
 from .rk import RungeKutta
 from .tableaus import BOSH3, DOPRI5, TSIT5, ButcherTableau, _g, _gamma, rooted_trees
 
@@ -212,7 +213,6 @@ class EmbeddedRungeKutta(RungeKutta):
     """
 
     adaptive = True
-    dense: DenseOutput | None = None
 
     def __init__(self, rtol: float = 1e-3, atol: float = 1e-6, tableau: ButcherTableau | None = None,
                  dense: DenseOutput | None = None):
@@ -223,16 +223,19 @@ class EmbeddedRungeKutta(RungeKutta):
         if dense is not None:
             self.dense = dense
         self.rtol, self.atol = _check_tolerances(type(self).__name__, rtol, atol)
-        self.error_order = min(tab.order, tab.embedded_order) + 1
         self._b_err = tuple(b - bh for b, bh in zip(tab.b, tab.b_hat))
 
-    def start(self, eq, t0, y0, t_end=None):
+    @property
+    def error_order(self) -> float:
+        return min(self.tableau.order, self.tableau.embedded_order) + 1
+
+    def start(self, eq, t0, y0):
         """(state, f(t0, y0)) before the first adaptive step: the drift, evaluated once, is both the
         first stage and what the controller's initial step-size selection needs."""
         f0 = eq.drift(t0, y0)
         return f0, f0
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         ks = self.stages(eq, t0, t1, y0, k0=state)
         # y1 and the error norm in one pass over the stages (sdesolve.kernels.rk_combine)
         y1, err = rk_combine(y0, ks, self.tableau.b, t1 - t0, self._b_err, rtol=self.rtol, atol=self.atol)
@@ -242,7 +245,7 @@ class EmbeddedRungeKutta(RungeKutta):
         """y(t0 + theta h) for rows with y0, y1, stages ks (row subsets of one step), per-row step
         sizes h and fractions theta in [0, 1] (both (n,) float64)."""
         if self.dense is None:
-            raise TypeError(f"{type(self).__name__} has no dense output")
+            return super().interpolate(y0, y1, ks, h, theta)
         W = self.dense.weights(theta)
         acc = None
         for i, k in enumerate(ks):
@@ -285,7 +288,6 @@ class AdaptiveSDE(Solver):
     adaptive = True
     nfe_per_step = 2
     noise_types = ("additive",)
-    error_order = 1.0    # the law is h <- theta h E^{-r}: the exponent r is the controller's icoeff
 
     def __init__(self, rtol: float = 1e-2, atol: float = 1e-2, extrapolate: bool = True,
                  safety: float = 0.9, exponent: float = 0.9, dt0: float = 1e-2):
@@ -303,13 +305,12 @@ class AdaptiveSDE(Solver):
         return dict(safety=self.safety, pcoeff=0.0, icoeff=self.exponent, min_factor=0.0,
                     max_factor=math.inf, dt0=self.dt0, relax_after_reject=False)
 
-    def init(self, eq, t0, y0, t_end=None):
+    error_order = 1.0    # the law is h <- theta h E^{-r}: the exponent r is the controller's icoeff
+
+    def init(self, eq, t0, y0):
         return y0
 
-    def start(self, eq, t0, y0, t_end=None):
-        return y0, None
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         h = t1 - t0
         hx = per_sample(h, y0)
         dW = per_sample(h.abs().sqrt(), y0) * noise.normal(y0, 0)
@@ -318,5 +319,5 @@ class AdaptiveSDE(Solver):
         heun = 0.5 * (x1 + x2)
         prev = y0 if state is None else state
         delta = torch.clamp(self.rtol * torch.maximum(x1.abs(), prev.abs()), min=self.atol)
-        err = ((heun - x1) / delta).reshape(y0.shape[0], -1).to(torch.float64).pow(2).mean(1).sqrt()
+        err = rms((heun - x1) / delta)
         return Step(heun if self.extrapolate else x1, err, state=x1)

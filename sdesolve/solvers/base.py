@@ -1,20 +1,42 @@
 """What every solver is: one step of an equation, stateless between calls.
 
-``solver.step(eq, t0, t1, y0, state, noise) -> Step(y, error, state)``
+``solver.step(eq, t0, t1, y0, state, noise, at) -> Step(y, error, state)``
 
 * ``t0``, ``t1``: float64 tensors of shape (B,) (per-sample times; on a fixed grid all equal).
   ``t1 < t0`` for reverse-time integration.
 * ``state``: whatever the solver carries from step to step (multistep history, an FSAL stage),
-  created by ``solver.init(eq, t0, y0, t_end)``; the solver keeps nothing on itself.
+  created by ``solver.init(eq, t0, y0)``; the solver keeps nothing on itself.
 * ``noise``: a :class:`sdesolve.noise.Noise` positioned at this step (``noise.normal(like,
-  draw)``); deterministic solvers ignore it.
+  draw)``, draws 0..15 for the solver's own normals, see :class:`sdesolve.noise.Draw`);
+  deterministic solvers ignore it.
+* ``at``: a :class:`~sdesolve.timeplan.Position`, where the step is (index, number of steps, the
+  grid, whether it is the last step and whether it ends where the model is not evaluated). Under
+  step-size control it knows no grid.
 * ``Step.error``: for embedded methods, the per-sample error norm (B,) that the controller
   compares with 1; ``None`` otherwise.
 
-A solver declares ``order`` (ODE order, or strong order for SDE methods), ``weak_order`` where
-it matters, ``stochastic`` (it integrates the reverse SDE rather than the probability-flow
-ODE), ``adaptive``, ``nfe_per_step`` and the noise types it supports; ``check(eq)`` raises if it
-cannot solve ``eq``.
+Adding a solver
+---------------
+Subclass :class:`Solver`, declare what it is (``order``, ``stochastic``, ``nfe_per_step``, the
+``equation`` type it needs, ``default_schedule``) and write ``step``; write ``init`` when it
+carries a state. The loop, the grid, the controller, the noise and the error reporting are not
+the solver's business. Build ``step`` from the shared pieces:
+
+* a Runge-Kutta method is a tableau: ``class Ralston(RungeKutta): tableau = ButcherTableau(...)``
+  (the tableau checks its order conditions when it is made);
+* diffusion solvers (``equation = DiffusionEquation``) work in the half log-SNR with
+  :func:`sdesolve.solvers.exponential.point` and the first-order steps ``data_step`` /
+  ``noise_step`` / ``ancestral``; a multistep method keeps its history in ``state`` and reads its
+  warm-up and final orders from ``at``. DDIM is ``data_step`` with the denoised prediction::
+
+      class DDIM0(Solver):
+          equation = DiffusionEquation
+          def step(self, eq, t0, t1, y0, state, noise, at):
+              a, b = point(eq.process, t0), point(eq.process, t1)
+              return Step(data_step(a, b, y0, eq.denoised(t0, y0)))
+
+* an SDE method draws its normals from ``noise`` and uses the fused updates of
+  :mod:`sdesolve.kernels` (``em_step(y, f, g, dt, **kernel_noise(noise, y, 0))``).
 """
 from __future__ import annotations
 
@@ -23,35 +45,64 @@ from typing import Any
 
 import torch
 
+from ..equations import DiffusionEquation, Equation
 from ..schedules import uniform
 from ..tensors import per_sample
+from ..timeplan import CONTROLLED, Position
 
-__all__ = ["Solver", "Step", "per_sample"]
+__all__ = ["Solver", "Step", "Position", "CONTROLLED", "per_sample"]
 
 
 @dataclass
 class Step:
+    """The result of one step: the new state ``y``, the per-sample error norm (embedded methods,
+    else None) and the solver's state for the next step."""
+
     y: torch.Tensor
     error: torch.Tensor | None = None
     state: Any = None
 
 
 class Solver:
+    """Base class of every solver; it declares every hook the loop calls (see the module
+    docstring, "Adding a solver")."""
+
+    #: order of accuracy (ODE order, or strong order for SDE methods); weak order where it matters
     order: float = 1.0
     weak_order: float | None = None
+    #: integrates the reverse SDE (True) or the probability-flow ODE (False)
     stochastic: bool = False
+    #: step-size controlled when no grid is given (embedded pairs)
     adaptive: bool = False
+    #: model evaluations per step
     nfe_per_step: int = 1
+    #: the SDE noise structures it handles
     noise_types: tuple = ("diagonal", "scalar", "additive")
-    #: needs ``eq.process`` and ``eq.denoised`` (the diffusion-specific samplers)
-    needs_process: bool = False
-    #: solvers that plan over the whole fixed grid (churn per step count, lower-order final
-    #: steps) set this and receive ``init(..., grid=times)``
-    uses_grid: bool = False
+    #: the equation type it needs: a DiffusionEquation for solvers that use the process and the
+    #: denoised prediction (:class:`sdesolve.equations.DiffusionEquation`)
+    equation: type = Equation
     #: the grid a solver is usually run on, when ``sample`` is given only ``steps``
     default_schedule = staticmethod(uniform)
+    #: tolerances of an adaptive solver's error norm (None: the solver has no error norm)
+    rtol: float | None = None
+    atol: float | None = None
+    #: the step-size law the method's authors use (:meth:`PIController.for_solver` applies it)
+    controller_options: dict = {}
+    #: dense output of an adaptive Runge-Kutta pair (None: the loop stops at save times instead)
+    dense = None
+
+    @property
+    def error_order(self) -> float:
+        """The exponent k of the error estimate O(h^k) that the controller's law uses."""
+        return self.order + 1
+
+    @property
+    def needs_process(self) -> bool:
+        """Whether the solver needs a diffusion equation (its process and denoised prediction)."""
+        return issubclass(self.equation, DiffusionEquation)
 
     def check(self, eq) -> None:
+        """Raise if this solver cannot integrate ``eq``."""
         name = type(self).__name__
         if self.stochastic and not eq.is_sde:
             raise TypeError(f"{name} integrates SDEs; {type(eq).__name__} is an ODE")
@@ -60,16 +111,27 @@ class Solver:
                             "or the process's probability_flow)")
         if eq.is_sde and eq.noise_type not in self.noise_types:
             raise TypeError(f"{name} supports {self.noise_types} noise, the equation has {eq.noise_type!r} noise")
-        if self.needs_process and getattr(eq, "process", None) is None:
-            raise TypeError(f"{name} needs a diffusion equation (process.reverse(score) or "
+        if not isinstance(eq, self.equation):
+            raise TypeError(f"{name} needs a diffusion equation ({self.equation.__name__}: process.reverse(score) or "
                             f"process.probability_flow(score)), got {type(eq).__name__}")
 
-    def init(self, eq, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor | None = None):
-        """The state before the first step; ``t_end`` is where the whole solve ends."""
+    def init(self, eq, t0: torch.Tensor, y0: torch.Tensor):
+        """The state before the first step (default: none)."""
         return None
 
-    def step(self, eq, t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor, state, noise) -> Step:
+    def start(self, eq, t0: torch.Tensor, y0: torch.Tensor):
+        """(state, f(t0, y0) or None) before the first step of a step-size controlled solve; a solver
+        that evaluates the drift at the start anyway (FSAL pairs) hands it to the controller's
+        initial step-size selection."""
+        return self.init(eq, t0, y0), None
+
+    def step(self, eq, t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor, state, noise,
+             at: Position = CONTROLLED) -> Step:
         raise NotImplementedError
+
+    def interpolate(self, y0, y1, ks, h, theta):
+        """Dense output y(t0 + theta h) within an accepted step (solvers with ``dense``)."""
+        raise TypeError(f"{type(self).__name__} has no dense output")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -23,25 +23,26 @@ EDMHeun       Karras et al. (2022), Algorithm 2: Heun's method on dx~/dsigma = (
               k-diffusion calls sigma), with optional stochastic churn; the step into sigma = 0
               (or below t_min, where the model is not evaluated) is an Euler step.
 
-Grids. Multistep solvers lower their order in the last steps and EDM's churn is divided by the
-number of steps, so these solvers plan from the whole grid when they are given it:
-``init(eq, t0, y0, t_end, grid=grid)`` (the class attribute ``uses_grid`` says so). Given only
-``t_end``, they find the last step by comparing times with ``t_end``. The final grid point may be
-t = 0 (sigma = 0 for VP, sub-VP and EDM), where nothing is evaluated: see :func:`append_zero`.
+Where a step is comes from the loop (``at``, a :class:`~sdesolve.timeplan.Position`): EDM's churn
+is divided by the number of steps, multistep solvers lower their order in the first and (with
+``lower_order_final``) the last steps, and a step that ends where the model is not evaluated
+(``at.ends_low``: sigma = 0, the last point of :func:`append_zero` grids) is first order and
+evaluates nothing there.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import torch
 
-from ..kernels import affine_noise_step, noise_source
+from ..equations import DiffusionEquation
+from ..kernels import affine_noise_step
+from ..noise import kernel_noise
 from ..schedules import karras, uniform
-from .base import Solver, Step, per_sample
+from .base import CONTROLLED, Solver, Step, per_sample
+from .exponential import ancestral, data_step, point
 
-__all__ = ["DiffusionSolver", "DDIM", "EDMHeun", "append_zero", "GridPlan", "StepCount", "step_order",
-           "first_order_mask", "point"]
+__all__ = ["DiffusionSolver", "DDIM", "EDMHeun", "append_zero", "multistep_order"]
 
 
 def append_zero(schedule):
@@ -62,103 +63,23 @@ def append_zero(schedule):
     return schedule_to_zero
 
 
-@dataclass(frozen=True)
-class GridPlan:
-    """What a solver knows about the grid it runs on.
-
-    steps: the number of steps (None when the solver was not given the grid); t_end: (B,) end
-    times; ends_low: the last step ends where the model is not evaluated (sigma = 0 or t < t_min).
-    """
-
-    steps: int | None
-    t_end: torch.Tensor | None
-    ends_low: bool
-
-
-@dataclass(frozen=True)
-class _Point:
-    """alpha, sigma, lambda at per-sample times t: float64 tensors of shape (B,)."""
-
-    t: torch.Tensor
-    alpha: torch.Tensor
-    sigma: torch.Tensor
-    lam: torch.Tensor
-
-
-def point(process, t: torch.Tensor) -> _Point:
-    """alpha(t), sigma(t) and lambda(t) of ``process`` at per-sample times t (B,), float64."""
-    t = t.to(torch.float64)
-    return _Point(t, torch.exp(process.log_alpha(t)), process.sigma(t), process.lam(t))
-
-
-def _low(process, t: torch.Tensor) -> torch.Tensor:
-    """Per-sample mask: t is where the model is not evaluated (sigma = 0 or t below t_min)."""
-    tol = 1e-12 * max(1.0, process.T)
-    return (t < process.t_min - tol) | (process.sigma(t) == 0)
-
-
 class DiffusionSolver(Solver):
     """Base class of the solvers that use the process and the denoised prediction."""
 
-    needs_process = True
-    #: plans from the whole grid when ``init`` is given it (``grid=``)
-    uses_grid = True
-
-    def plan(self, eq, t_end: torch.Tensor | None, grid: torch.Tensor | None) -> GridPlan:
-        p = eq.process
-        if grid is not None:
-            grid = torch.as_tensor(grid, dtype=torch.float64)
-            last = grid[-1:]
-            return GridPlan(grid.numel() - 1, t_end, bool(_low(p, last).any()))
-        if t_end is None:
-            return GridPlan(None, None, False)
-        return GridPlan(None, t_end, bool(_low(p, t_end.to(torch.float64)).any()))  # one sync, before the loop
-
-    def _last_low(self, eq, plan: GridPlan, i: int, t1: torch.Tensor) -> bool:
-        """Whether step i (to t1) ends where the model must not be evaluated (host-level)."""
-        if not plan.ends_low:
-            return False
-        if plan.steps is not None:
-            return i == plan.steps - 1
-        return bool(_low(eq.process, t1).any())  # without the grid: one check on the times
-
-    def _is_last(self, plan: GridPlan, i: int, t1: torch.Tensor):
-        """Step i is the last one: a Python bool when the grid is known, else a (B,) mask."""
-        if plan.steps is not None:
-            return i == plan.steps - 1
-        if plan.t_end is None:
-            return False
-        return t1 == plan.t_end.to(t1.device)
+    equation = DiffusionEquation
 
 
-@dataclass(frozen=True)
-class StepCount:
-    """The state of a one-step solver: its grid plan and the index of the next step."""
-
-    plan: GridPlan
-    i: int = 0
-
-
-def step_order(solver_order: int, i: int, plan: GridPlan, lower_order_final: bool, below: int | None) -> int:
-    """The order of multistep step i: warm-up min(order, i + 1), and with ``lower_order_final``
-    on a known grid of N steps (N < ``below`` when given) at most N - i."""
-    k = min(solver_order, i + 1)
-    if lower_order_final and plan.steps is not None and (below is None or plan.steps < below):
-        k = min(k, plan.steps - i)
+def multistep_order(order: int, history: int, at, lower_order_final: bool, below: int | None = None) -> int:
+    """The order of a multistep step: at most ``order``, warm-up min(order, history + 1) with
+    ``history`` earlier model outputs; first order into sigma = 0 (``at.ends_low``); with
+    ``lower_order_final`` on a grid of N steps (N < ``below`` when given) at most the number of
+    steps left, N - i (the last step first order, the one before second order)."""
+    if at.ends_low:
+        return 1
+    k = min(order, history + 1)
+    if lower_order_final and at.steps is not None and (below is None or at.steps < below):
+        k = min(k, at.remaining)
     return k
-
-
-def first_order_mask(solver: DiffusionSolver, plan: GridPlan, i: int, t1, b: _Point, lower_order_final: bool,
-                     below: int | None) -> torch.Tensor:
-    """(B,) mask of the samples whose step i must be first order although its planned order is
-    higher: a step into sigma = 0 (lambda = inf) and, when the grid is not known, the last step
-    under ``lower_order_final`` (found by t1 == t_end; N = i + 1 there)."""
-    mask = torch.isinf(b.lam)
-    if lower_order_final and plan.steps is None and (below is None or i + 1 < below):
-        last = solver._is_last(plan, i, t1)
-        if isinstance(last, torch.Tensor):
-            mask = mask | last
-    return mask
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,28 +105,14 @@ class DDIM(DiffusionSolver):
         if self.stochastic:
             self.weak_order = 1.0
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return StepCount(self.plan(eq, t_end, grid))
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         p = eq.process
         a, b = point(p, t0), point(p, t1)
         x0 = eq.denoised(t0, y0)
-        h = b.lam - a.lam
-        one_m = -torch.expm1(-2.0 * h)  # 1 - e^{-2h}
-        if self.eta == 0.0:
-            cx = b.sigma / a.sigma
-            cd = -b.alpha * torch.expm1(-h)
-            y = per_sample(cx, y0) * y0 + per_sample(cd, y0) * x0
-        else:
-            e2 = torch.exp(-2.0 * h)
-            keep = torch.sqrt((1.0 - self.eta**2 * one_m).clamp_min(0.0))  # sqrt(sigma_s^2 - c^2) / sigma_s
-            cx = b.sigma / a.sigma * keep
-            # alpha_s - alpha_t sqrt(sigma_s^2 - c^2) / sigma_t, written without cancellation
-            cd = b.alpha * one_m * (1.0 + self.eta**2 * e2) / (1.0 + torch.exp(-h) * keep)
-            c = self.eta * b.sigma * torch.sqrt(one_m)
-            y = affine_noise_step(y0, cx, x0, cd, c, **noise_source(noise, y0, 0))  # fused; z drawn in-kernel on CUDA
-        return Step(y, None, replace(state, i=state.i + 1))
+        if not self.stochastic:
+            return Step(data_step(a, b, y0, x0))
+        cx, cd, std = ancestral(a, b, self.eta)
+        return Step(affine_noise_step(y0, cx, x0, cd, std, **kernel_noise(noise, y0, 0)))  # z drawn in-kernel on CUDA
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,21 +143,17 @@ class EDMHeun(DiffusionSolver):
         if self.stochastic:
             self.weak_order = 1.0
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        plan = self.plan(eq, t_end, grid)
-        if self.churn > 0 and plan.steps is None:
-            raise ValueError("EDMHeun with churn > 0 divides the churn by the number of steps: it needs the "
-                             "grid (solver.init(eq, t0, y0, t_end, grid=grid))")
-        return StepCount(plan)
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         p = eq.process
         a = point(p, t0)
         sig0 = torch.exp(-a.lam)
         x = y0 / per_sample(a.alpha, y0)
         t_hat, sig_hat = t0, sig0
         if self.churn > 0:
-            g = min(self.churn / state.plan.steps, math.sqrt(2.0) - 1.0)
+            if at.steps is None:
+                raise ValueError("EDMHeun with churn > 0 divides the churn by the number of steps: it needs the grid "
+                                 "(run it on a fixed grid: give steps or a schedule)")
+            g = min(self.churn / at.steps, math.sqrt(2.0) - 1.0)
             inside = (sig0 >= self.s_tmin) & (sig0 <= self.s_tmax)
             gamma = torch.where(inside, torch.full_like(sig0, g), torch.zeros_like(sig0))
             sig_hat = sig0 * (1.0 + gamma)
@@ -262,10 +165,10 @@ class EDMHeun(DiffusionSolver):
         sig1 = torch.exp(-b.lam)
         dt = per_sample(sig1 - sig_hat, x)
         x_euler = x + dt * d
-        if self._last_low(eq, state.plan, state.i, t1):
+        if at.ends_low:
             x_new = x_euler
         else:
             a1 = per_sample(b.alpha, x)
             d2 = (x_euler - eq.denoised(t1, a1 * x_euler)) / per_sample(sig1, x)
             x_new = x + dt * (0.5 * (d + d2))
-        return Step(per_sample(b.alpha, x_new) * x_new, None, replace(state, i=state.i + 1))
+        return Step(per_sample(b.alpha, x_new) * x_new)

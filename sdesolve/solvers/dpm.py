@@ -43,23 +43,17 @@ grid ending at sigma = 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 
 from ..schedules import logsnr
-from .base import Step, per_sample
-from .diffusion import DiffusionSolver, GridPlan, StepCount, first_order_mask, point, step_order
+from .base import CONTROLLED, Step, per_sample
+from .diffusion import DiffusionSolver, multistep_order
+from .exponential import data_coefficients, data_step, noise_step, point
 
 __all__ = ["DPMSolver", "DPMSolverPP", "LOWER_ORDER_FINAL_BELOW"]
 
 #: lower_order_final applies to grids with fewer steps than this (diffusers' rule)
 LOWER_ORDER_FINAL_BELOW = 15
-
-
-def _noise_coef(a, b, h):
-    """sigma_s (e^h - 1), written as alpha_s sigma_t / alpha_t - sigma_s where sigma_s = 0."""
-    return torch.where(b.sigma == 0, b.alpha * a.sigma / a.alpha, b.sigma * torch.expm1(h))
 
 
 class DPMSolver(DiffusionSolver):
@@ -79,61 +73,39 @@ class DPMSolver(DiffusionSolver):
         self.order = order
         self.nfe_per_step = order
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return StepCount(self.plan(eq, t_end, grid))
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         p = eq.process
         a, b = point(p, t0), point(p, t1)
         h = b.lam - a.lam
         x = y0
         e0 = eq.eps(t0, x)
-        order = 1 if self._last_low(eq, state.plan, state.i, t1) else self.order
-
-        def first(s, e):  # (alpha_s / alpha_t) x - sigma_s (e^{h_s} - 1) e
-            return per_sample(s.alpha / a.alpha, x) * x - per_sample(_noise_coef(a, s, s.lam - a.lam), x) * e
-
+        order = 1 if at.ends_low else self.order
         if order == 1:
-            y = first(b, e0)
+            y = noise_step(a, b, x, e0)
         elif order == 2:
             s1 = point(p, p.t_of_lam(a.lam + 0.5 * h))
-            y = first(b, eq.eps(s1.t, first(s1, e0)))
+            y = noise_step(a, b, x, eq.eps(s1.t, noise_step(a, s1, x, e0)))
         else:
             r1, r2 = 1.0 / 3.0, 2.0 / 3.0
             s1 = point(p, p.t_of_lam(a.lam + r1 * h))
             s2 = point(p, p.t_of_lam(a.lam + r2 * h))
-            d1 = eq.eps(s1.t, first(s1, e0)) - e0
+            d1 = eq.eps(s1.t, noise_step(a, s1, x, e0)) - e0
             c2 = s2.sigma * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1.0)
-            u2 = first(s2, e0) - per_sample(c2, x) * d1
-            d2 = eq.eps(s2.t, u2) - e0
+            d2 = eq.eps(s2.t, noise_step(a, s2, x, e0) - per_sample(c2, x) * d1) - e0
             c3 = b.sigma / r2 * (torch.expm1(h) / h - 1.0)
-            y = first(b, e0) - per_sample(c3, x) * d2
-        return Step(y, None, replace(state, i=state.i + 1))
+            y = noise_step(a, b, x, e0) - per_sample(c3, x) * d2
+        return Step(y)
 
 
 # ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _History:
-    """Multistep state: the step index, the grid plan and the last model outputs (newest last)."""
-
-    plan: GridPlan
-    i: int = 0
-    lams: tuple = ()
-    outs: tuple = ()
-
-
-def _masked(c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, torch.zeros_like(c), c)
-
-
 class DPMSolverPP(DiffusionSolver):
     """DPM-Solver++ with the data prediction (Lu et al. 2022b): multistep (2M)/(3M) by default,
     singlestep (2S) with ``multistep=False``, the SDE variant (2M) with ``sde=True``.
 
-    Multistep solvers make one model evaluation per step; their history (the last outputs and
-    their lambdas) travels in the state. ``lower_order_final`` follows diffusers: for grids of
-    fewer than 15 steps the last step is first order (and the one before second order, for
-    order 3).
+    Multistep solvers make one model evaluation per step; their history, the state, is the tuple
+    of the last points' lambdas and model outputs (newest last). ``lower_order_final`` follows
+    diffusers: for grids of fewer than 15 steps the last step is first order (and the one before
+    second order, for order 3).
     """
 
     default_schedule = staticmethod(logsnr)
@@ -152,64 +124,49 @@ class DPMSolverPP(DiffusionSolver):
         if self.sde:
             self.weak_order = 1.0
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        plan = self.plan(eq, t_end, grid)
-        return _History(plan) if self.multistep else StepCount(plan)
+    def init(self, eq, t0, y0):
+        return ((), ())
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         if not self.multistep:
-            return self._step_2s(eq, t0, t1, y0, state)
+            return self._step_2s(eq, t0, t1, y0, at)
+        lams, outs = state
         p = eq.process
         a, b = point(p, t0), point(p, t1)
         h = b.lam - a.lam
         x = y0
         d0 = eq.denoised(t0, x)
-        k = step_order(self.order, state.i, state.plan, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        k = min(k, len(state.outs) + 1)
-        mask = first_order_mask(self, state.plan, state.i, t1, b, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        cx, c0 = data_coefficients(a, b)
         if self.sde:
-            cx = b.sigma / a.sigma * torch.exp(-h)
+            cx = cx * torch.exp(-h)
             c0 = -b.alpha * torch.expm1(-2.0 * h)
-        else:
-            cx = b.sigma / a.sigma
-            c0 = -b.alpha * torch.expm1(-h)
         y = per_sample(cx, x) * x + per_sample(c0, x) * d0
         if k >= 2:
-            r0 = (a.lam - state.lams[-1]) / h
-            d_1 = state.outs[-1]
+            r0 = (a.lam - lams[-1]) / h
+            d_1 = outs[-1]
             if k == 2:
-                y = y + per_sample(_masked(0.5 * c0 / r0, mask), x) * (d0 - d_1)
+                y = y + per_sample(0.5 * c0 / r0, x) * (d0 - d_1)
             else:
-                r1 = (state.lams[-1] - state.lams[-2]) / h
-                d_2 = state.outs[-2]
+                r1 = (lams[-1] - lams[-2]) / h
+                d_2 = outs[-2]
                 phi2 = torch.expm1(-h) / h + 1.0
                 phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
                 rr = r0 + r1
                 a0 = b.alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0
                 a1 = b.alpha * (phi3 - phi2 * r0) / (rr * r1)
-                y = (y + per_sample(_masked(a0, mask), x) * (d0 - d_1)
-                     + per_sample(_masked(a1, mask), x) * (d_1 - d_2))
+                y = y + per_sample(a0, x) * (d0 - d_1) + per_sample(a1, x) * (d_1 - d_2)
         if self.sde:
             y = y + per_sample(b.sigma * torch.sqrt(-torch.expm1(-2.0 * h)), x) * noise.normal(x, 0)
         keep = self.order - 1
-        lams = (state.lams + (a.lam,))[-keep:] if keep else ()
-        outs = (state.outs + (d0,))[-keep:] if keep else ()
-        return Step(y, None, replace(state, i=state.i + 1, lams=lams, outs=outs))
+        return Step(y, None, ((lams + (a.lam,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ()))
 
-    def _step_2s(self, eq, t0, t1, y0, state):
+    def _step_2s(self, eq, t0, t1, y0, at):
         p = eq.process
         a, b = point(p, t0), point(p, t1)
-        h = b.lam - a.lam
         x = y0
         d0 = eq.denoised(t0, x)
-
-        def first(s, d):  # (sigma_s / sigma_t) x + alpha_s (1 - e^{-h_s}) d
-            return (per_sample(s.sigma / a.sigma, x) * x
-                    + per_sample(-s.alpha * torch.expm1(-(s.lam - a.lam)), x) * d)
-
-        if self._last_low(eq, state.plan, state.i, t1):
-            y = first(b, d0)
-        else:
-            s1 = point(p, p.t_of_lam(a.lam + 0.5 * h))
-            y = first(b, eq.denoised(s1.t, first(s1, d0)))
-        return Step(y, None, replace(state, i=state.i + 1))
+        if at.ends_low:
+            return Step(data_step(a, b, x, d0))
+        s1 = point(p, p.t_of_lam(a.lam + 0.5 * (b.lam - a.lam)))
+        return Step(data_step(a, b, x, eq.denoised(s1.t, data_step(a, s1, x, d0))))

@@ -21,17 +21,15 @@ coefficients (a = 1, b = eps, c = sqrt(2 eps)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import torch
 
-from ..kernels import affine_noise_step, langevin_step, langevin_step_size, noise_source
-from .base import Solver, Step
+from ..equations import DiffusionEquation
+from ..kernels import affine_noise_step, langevin_step
+from ..noise import Draw, kernel_noise
+from .base import CONTROLLED, Solver, Step
 
 __all__ = ["Langevin", "PredictorCorrector", "AnnealedLangevin"]
-
-#: predictors use noise draws below this; corrector iteration j uses draw CORRECTOR_DRAW + j
-CORRECTOR_DRAW = 16
 
 
 class Langevin:
@@ -53,17 +51,11 @@ class Langevin:
             raise ValueError(f"snr must be positive, got {snr}")
         self.snr, self.n_steps, self.expected_norms = float(snr), int(n_steps), bool(expected_norms)
 
-    def step_size(self, eq, t, dt, s, z):
-        """The per-sample step size eps (B,) for score s and normal draw z at times t."""
-        alpha = eq.process.langevin_alpha(t, dt)
-        if self.expected_norms:
-            return 2.0 * alpha * self.snr**2 * eq.process.sigma(t) ** 2
-        return langevin_step_size(s, self.snr, alpha, z=z)
-
     def correct(self, eq, t, dt, x, noise):
+        """``n_steps`` Langevin updates of x at times t (iteration j draws ``Draw.CORRECTOR + j``)."""
         for j in range(self.n_steps):
             s = eq.score_at(t, x)
-            src = noise_source(noise, x, CORRECTOR_DRAW + j)
+            src = kernel_noise(noise, x, Draw.CORRECTOR + j)
             alpha = eq.process.langevin_alpha(t, dt)
             if self.expected_norms:
                 eps = 2.0 * alpha * self.snr**2 * eq.process.sigma(t) ** 2
@@ -82,59 +74,40 @@ class PredictorCorrector(Solver):
     is stochastic)."""
 
     stochastic = True
-    needs_process = True
+    equation = DiffusionEquation
 
     def __init__(self, predictor: Solver, corrector: Langevin | None = None):
+        if not isinstance(predictor, Solver):
+            raise TypeError(f"PredictorCorrector: the predictor must be a solver object, got {type(predictor).__name__}")
+        if corrector is not None and not isinstance(corrector, Langevin):
+            raise TypeError(f"PredictorCorrector: the corrector must be a Langevin object, got {type(corrector).__name__}")
         self.predictor = predictor
         self.corrector = corrector if corrector is not None else Langevin()
         self.order = predictor.order
         self.nfe_per_step = predictor.nfe_per_step + self.corrector.n_steps
         self.default_schedule = predictor.default_schedule
-        self.uses_grid = predictor.uses_grid
 
-    def init(self, eq, t0, y0, t_end=None, **plan):
-        return self.predictor.init(self._pred_eq(eq), t0, y0, t_end, **plan)
+    def init(self, eq, t0, y0):
+        """(the predictor's equation, its state): a deterministic predictor integrates the
+        probability-flow ODE of the same process and score (counted on ``eq``)."""
+        peq = eq if (self.predictor.stochastic or not eq.is_sde) else eq.companion()
+        return peq, self.predictor.init(peq, t0, y0)
 
-    def _pred_eq(self, eq):
-        if self.predictor.stochastic or not eq.is_sde:
-            return eq
-        pf = getattr(eq, "_pf", None)
-        if pf is None:
-            pf = eq._pf = eq.process.probability_flow(eq.score)
-        return pf
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        peq, inner = state if state is not None else self.init(eq, t0, y0)
         x = self.corrector.correct(eq, t0, t1 - t0, y0, noise)
-        peq = self._pred_eq(eq)
-        out = self.predictor.step(peq, t0, t1, x, state, noise)
-        if peq is not eq:
-            eq.nfe += peq.nfe
-            eq.sample_nfe += peq.sample_nfe
-            peq.reset_counts()
-        return out
-
-
-@dataclass(frozen=True)
-class _Annealing:
-    """AnnealedLangevin's state: the end times (B,), the number of steps (None when the grid is
-    not known) and the index of the next step."""
-
-    t_end: torch.Tensor | None
-    steps: int | None = None
-    i: int = 0
+        out = self.predictor.step(peq, t0, t1, x, inner, noise, at)
+        return Step(out.y, out.error, (peq, out.state))
 
 
 class AnnealedLangevin(Solver):
     """Annealed Langevin dynamics (NCSN). Step i of the grid (t_i -> t_{i+1}) runs ``n_steps``
     Langevin updates at the noise level sigma(t_{i+1}); sigma_L is the level at the grid's end.
     With ``denoise=True`` the last step ends with x + sigma_L^2 s(x, sigma_L) (NCSNv2's final
-    denoising, one more evaluation). Given the grid (``init(..., grid=)``, as ``solve`` does) the
-    last step is known by its index; without it, by comparing t1 with the end times (a host
-    synchronisation per step)."""
+    denoising, one more evaluation). It runs on a fixed grid (sigma_L is the grid's last level)."""
 
     stochastic = True
-    needs_process = True
-    uses_grid = True
+    equation = DiffusionEquation
 
     def __init__(self, n_steps: int = 5, step_lr: float = 2e-5, denoise: bool = True):
         if n_steps < 1:
@@ -142,27 +115,33 @@ class AnnealedLangevin(Solver):
         self.n_steps, self.step_lr, self.denoise = int(n_steps), float(step_lr), bool(denoise)
         self.nfe_per_step = self.n_steps
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return _Annealing(t_end, None if grid is None else torch.as_tensor(grid).numel() - 1)
-
-    def step(self, eq, t0, t1, y0, state, noise):
+    def level_step(self, eq, t1, at):
+        """a_i = step_lr sigma_i^2 / sigma_L^2 (B,) at the level of t1, sigma_L the grid's last level."""
+        if at.grid is None:
+            raise ValueError(f"{type(self).__name__} scales its steps by the grid's last noise level: it runs on a "
+                             "fixed grid (give steps or a schedule)")
         p = eq.process
-        if not isinstance(state, _Annealing):  # stepped without init: the end times, or None
-            state = _Annealing(state)
-        t_end = state.t_end if state.t_end is not None else t1
-        sig = p.sigma_edm(t1)
-        a = self.step_lr * sig**2 / p.sigma_edm(t_end) ** 2
-        x = y0
+        sig_L = p.sigma_edm(at.grid[-1:].to(t1.device))
+        return self.step_lr * p.sigma_edm(t1) ** 2 / sig_L**2
+
+    def anneal(self, eq, t1, x, at, noise, after=None):
+        """The ``n_steps`` updates of one level, x += a alpha^2 s + sqrt(2 a) alpha z (update j
+        draws normal j; ``after(x)`` applied after each update, e.g. a constraint)."""
+        a = self.level_step(eq, t1, at)
+        alpha = eq.process.alpha(t1)
         for j in range(self.n_steps):
-            s = eq.score_at(t1, x)
-            alpha = p.alpha(t1)
             # the score of p_t in x is that of the VE-scaled variable divided by alpha
-            x = affine_noise_step(x, 1.0, s, a * alpha**2, torch.sqrt(2.0 * a) * alpha, **noise_source(noise, x, j))
-        if self.denoise:
-            last = state.i == state.steps - 1 if state.steps is not None else bool((t1 == t_end).all())
-            if last:
-                x = eq.denoised(t1, x)
-        return Step(x, state=replace(state, i=state.i + 1))
+            x = affine_noise_step(x, 1.0, eq.score_at(t1, x), a * alpha**2, torch.sqrt(2.0 * a) * alpha,
+                                  **kernel_noise(noise, x, j))
+            if after is not None:
+                x = after(x)
+        return x
+
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        x = self.anneal(eq, t1, y0, at, noise)
+        if self.denoise and at.last:
+            x = eq.denoised(t1, x)
+        return Step(x)
 
     # --- Song & Ermon 2020, "Improved techniques for training score-based generative models" ---
     @staticmethod

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver, Step, per_sample
-from .tableaus import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
+from . import tableaus
+from .base import CONTROLLED, Solver, Step, per_sample
+from .tableaus import ButcherTableau
 
-__all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4Solver", "error_norm"]
-
-
-def error_norm(err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """Per-sample RMS of err / (atol + rtol max(|y0|, |y1|)), float64, shape (B,)."""
-    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-    r = (err / scale).reshape(err.shape[0], -1).to(torch.float64)
-    return r.pow(2).mean(1).sqrt()
+__all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4"]
 
 
 class RungeKutta(Solver):
-    """An explicit Runge-Kutta method given by a :class:`ButcherTableau`."""
+    """An explicit Runge-Kutta method given by a :class:`ButcherTableau` (its order is the
+    tableau's, checked against the order conditions when the tableau is made). A new method is
+    a subclass that names its tableau, or ``RungeKutta(tableau)``."""
 
     tableau: ButcherTableau
 
@@ -61,7 +57,7 @@ class RungeKutta(Solver):
                 acc = w * k if acc is None else acc + w * k
         return y0 + hx * acc
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         ks = self.stages(eq, t0, t1, y0, k0=state)
         return Step(self.combine(y0, ks, t1 - t0, self.tableau.b), state=self.next_state(ks))
 
@@ -71,23 +67,20 @@ class RungeKutta(Solver):
 
 
 class Euler(RungeKutta):
-    """Forward Euler, order 1."""
-    tableau = EULER
+    """Forward Euler, order 1: y1 = y0 + h f(t0, y0)."""
+    tableau = tableaus.EULER
 
 
 class Heun(RungeKutta):
     """Heun's method (explicit trapezoidal rule), order 2: k-diffusion's and EDM's second-order step."""
-    tableau = HEUN
+    tableau = tableaus.HEUN
 
 
 class Midpoint(RungeKutta):
     """Explicit midpoint method, order 2."""
-    tableau = MIDPOINT
+    tableau = tableaus.MIDPOINT
 
 
-class RK4Solver(RungeKutta):
+class RK4(RungeKutta):
     """The classical Runge-Kutta method, order 4."""
-    tableau = RK4
-
-
-RK4Solver.__name__ = RK4Solver.__qualname__ = "RK4"
+    tableau = tableaus.RK4

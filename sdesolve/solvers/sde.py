@@ -25,25 +25,32 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import affine_noise_step, em_step, noise_source
-from .base import Solver, Step
+from ..equations import DiffusionEquation
+from ..kernels import affine_noise_step, em_step
+from ..noise import kernel_noise
+from .base import CONTROLLED, Solver, Step
+from .exponential import ancestral, point
 
-__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral"]
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "normal_for", "diffusion_argument"]
 
 
-def _diffusion_arg(g, y: torch.Tensor):
-    """The diffusion as ``em_step`` takes it: a number, a one-element or (B,) tensor, or a tensor
-    shaped like y (a per-sample column (B, 1, ..., 1) becomes (B,); other broadcasts expand)."""
-    if not isinstance(g, torch.Tensor) or g.numel() == 1 or g.shape == y.shape:
-        return g
+def diffusion_argument(g, y: torch.Tensor):
+    """An equation's diffusion as :func:`sdesolve.kernels.em_step` takes it: a number, a
+    one-element or (B,) tensor, or a tensor shaped like y. A per-sample column (B, 1, ..., 1), as
+    diffusion equations return it, becomes (B,); any other broadcast against y is expanded."""
     B = y.shape[0]
+    if not isinstance(g, torch.Tensor) or g.numel() == 1 or g.shape == y.shape or tuple(g.shape) == (B,):
+        return g
     if g.dim() == y.dim() and g.shape[0] == B and g.numel() == B:
         return g.reshape(B)
     return g.expand_as(y)
 
 
-def _scalar_normal(noise, y: torch.Tensor, draw: int) -> torch.Tensor:
-    """Scalar noise: one normal per sample (element 0 of its draw), shared by all its elements."""
+def normal_for(eq, noise, y: torch.Tensor, draw: int = 0) -> torch.Tensor:
+    """The normals of draw ``draw`` shaped like y for the noise structure of ``eq``: one per
+    element, or for scalar noise one per sample (element 0 of its draw), shared by its elements."""
+    if eq.noise_type != "scalar":
+        return noise.normal(y, draw)
     B = y.shape[0]
     z = noise.normal(y.reshape(B, -1)[:, :1], draw)
     return z.reshape((B,) + (1,) * (y.dim() - 1)).expand_as(y)
@@ -60,16 +67,20 @@ def _transition(process, t_from, t_to):
 
 
 class EulerMaruyama(Solver):
+    """Euler-Maruyama: x1 = x0 + f(t0, x0) h + g(t0, x0) sqrt(|h|) z (Kloeden & Platen 1992, Sec.
+    9.1), strong order 1/2 (1 for additive noise), weak order 1; for any SDE, scalar noise drawing
+    one normal per sample. One fused update (:func:`sdesolve.kernels.em_step`)."""
+
     order = 0.5
     weak_order = 1.0
     stochastic = True
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         f = eq.drift(t0, y0)
-        g = _diffusion_arg(eq.diffusion(t0, y0), y0)
+        g = diffusion_argument(eq.diffusion(t0, y0), y0)
         if eq.noise_type == "scalar":
-            return Step(em_step(y0, f, g, t1 - t0, z=_scalar_normal(noise, y0, 0)))
-        return Step(em_step(y0, f, g, t1 - t0, **noise_source(noise, y0, 0)))
+            return Step(em_step(y0, f, g, t1 - t0, z=normal_for(eq, noise, y0)))
+        return Step(em_step(y0, f, g, t1 - t0, **kernel_noise(noise, y0, 0)))
 
 
 class ReverseDiffusion(Solver):
@@ -78,38 +89,30 @@ class ReverseDiffusion(Solver):
     order = 0.5
     weak_order = 1.0
     stochastic = True
-    needs_process = True
+    equation = DiffusionEquation
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         a, s2 = _transition(eq.process, t0, t1)
         s = eq.score_at(t0, y0)
-        return Step(affine_noise_step(y0, 2.0 - a, s, s2, s2.sqrt(), **noise_source(noise, y0, 0)))
+        return Step(affine_noise_step(y0, 2.0 - a, s, s2, s2.sqrt(), **kernel_noise(noise, y0, 0)))
 
 
 class Ancestral(Solver):
     """Ancestral sampling from the forward process's Gaussian posterior (see module docstring).
     ``eta`` scales the posterior standard deviation, keeping the marginal variance (eta = 1:
-    DDPM; eta = 0: DDIM's deterministic update)."""
+    DDPM; eta = 0: DDIM's deterministic update); the update is
+    :func:`sdesolve.solvers.exponential.ancestral`."""
 
     order = 0.5
     weak_order = 1.0
     stochastic = True
-    needs_process = True
+    equation = DiffusionEquation
 
     def __init__(self, eta: float = 1.0):
         self.eta = float(eta)
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         p = eq.process
         x0 = eq.denoised(t0, y0)
-        la_t, la_s = p.log_alpha(t0), p.log_alpha(t1)
-        sig_t, sig_s = p.sigma(t0), p.sigma(t1)
-        a = torch.exp(la_t - la_s)
-        s_ts2 = (sig_t**2 - a**2 * sig_s**2).clamp_min(0.0)
-        std = self.eta * torch.sqrt(s_ts2 * sig_s**2 / sig_t**2)
-        # keep the marginal: the rest of sigma_s^2 goes through the predicted noise direction
-        c_eps = torch.sqrt((sig_s**2 - std**2).clamp_min(0.0))
-        # alpha_s D + c_eps (x_t - alpha_t D) / sigma_t, with float64 coefficients
-        cx = c_eps / sig_t
-        cd = torch.exp(la_s) - cx * torch.exp(la_t)
-        return Step(affine_noise_step(y0, cx, x0, cd, std, **noise_source(noise, y0, 0)))
+        cx, cd, std = ancestral(point(p, t0), point(p, t1), self.eta)
+        return Step(affine_noise_step(y0, cx, x0, cd, std, **kernel_noise(noise, y0, 0)))

@@ -24,18 +24,10 @@ the same formulas hold for both directions. Two drift evaluations per step.
 """
 from __future__ import annotations
 
-from .base import Solver, Step, per_sample
+from .base import CONTROLLED, Solver, Step, per_sample
+from .sde import normal_for
 
 __all__ = ["Milstein", "SRA1"]
-
-
-def _normal(noise, y0, eq, draw=0):
-    """z shaped like y0; for scalar noise one normal per sample, shared by all elements."""
-    if eq.noise_type == "scalar":
-        B = y0.shape[0]
-        z = noise.normal(y0.reshape(B, -1)[:, :1], draw)
-        return z.reshape((B,) + (1,) * (y0.dim() - 1)).expand_as(y0)
-    return noise.normal(y0, draw)
 
 
 class Milstein(Solver):
@@ -46,13 +38,13 @@ class Milstein(Solver):
     stochastic = True
     noise_types = ("diagonal", "scalar", "additive")
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         h = t1 - t0
         hx = per_sample(h, y0)
         sq = per_sample(h.abs().sqrt(), y0)
         f = eq.drift(t0, y0)
         g = eq.diffusion(t0, y0)
-        dW = sq * _normal(noise, y0, eq)
+        dW = sq * normal_for(eq, noise, y0)
         y = y0 + hx * f + g * dW
         if eq.noise_type != "additive":
             g_bar = eq.diffusion(t0, y0 + hx * f + g * sq)
@@ -68,7 +60,7 @@ class SRA1(Solver):
     nfe_per_step = 2
     noise_types = ("additive",)
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         h = t1 - t0
         hx = per_sample(h, y0)
         habs = per_sample(h.abs(), y0)

@@ -111,12 +111,6 @@ class ButcherTableau:
     def stages(self) -> int:
         return len(self.b)
 
-    def tensors(self, dtype=torch.float64, device=None):
-        """(c, A, b, b - b_hat) as tensors."""
-        t = lambda v: torch.tensor([float(x) for x in v], dtype=dtype, device=device)
-        err = None if self.b_hat is None else t([bi - bh for bi, bh in zip(self.b, self.b_hat)])
-        return t(self.c), torch.tensor([[float(x) for x in r] for r in self.A], dtype=dtype, device=device), t(self.b), err
-
 
 def _f(rows):
     return tuple(tuple(float(F(x)) if isinstance(x, str) else float(x) for x in r) for r in rows)

@@ -24,13 +24,14 @@ p = 3); ``disable_corrector`` lists step indices whose result is not corrected.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from ..schedules import logsnr
-from .base import Step, per_sample
-from .diffusion import DiffusionSolver, GridPlan, first_order_mask, point, step_order
+from .base import CONTROLLED, Step, per_sample
+from .diffusion import DiffusionSolver, multistep_order
+from .exponential import LogSNRPoint, data_step, point
 
 __all__ = ["UniPC"]
 
@@ -39,13 +40,14 @@ _VARIANTS = ("bh1", "bh2")
 
 @dataclass(frozen=True)
 class _UniState:
-    plan: GridPlan
-    i: int = 0
-    lams: tuple = ()   # lambdas of the last points (newest last)
-    outs: tuple = ()   # model outputs at those points (at the predicted points)
-    x_prev: torch.Tensor | None = None  # the (corrected) point the last predictor started from
-    t_prev: torch.Tensor | None = None  # its time
-    order_prev: int = 0  # the order of the last predictor
+    """UniPC's history: the last points' lambdas and model outputs (at the predicted points,
+    newest last), and the point the last predictor started from, with its order."""
+
+    lams: tuple = ()
+    outs: tuple = ()
+    start: LogSNRPoint | None = None
+    x_start: torch.Tensor | None = None
+    order_prev: int = 0
 
 
 def _weights(h: torch.Tensor, n: int, variant: str):
@@ -88,48 +90,44 @@ class UniPC(DiffusionSolver):
         self.lower_order_final = bool(lower_order_final)
         self.disable_corrector = tuple(int(i) for i in disable_corrector)
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return _UniState(self.plan(eq, t_end, grid))
+    def init(self, eq, t0, y0):
+        return _UniState()
 
-    def step(self, eq, t0, t1, y0, state: _UniState, noise):
+    def step(self, eq, t0, t1, y0, state: _UniState, noise, at=CONTROLLED):
         p = eq.process
         here, there = point(p, t0), point(p, t1)
         m = eq.denoised(t0, y0)
         x = y0
-        if state.i > 0 and (state.i - 1) not in self.disable_corrector:
-            x = self._uni_c(p, state, here, m)
+        if state.start is not None and (at.index - 1) not in self.disable_corrector:
+            x = self._uni_c(state, here, m)
         lams = (state.lams + (here.lam,))[-self.order:]
         outs = (state.outs + (m,))[-self.order:]
-        k = step_order(self.order, state.i, state.plan, self.lower_order_final, None)
-        mask = first_order_mask(self, state.plan, state.i, t1, there, self.lower_order_final, None)
-        y = self._uni_p(here, there, x, lams, outs, k, mask)
-        return Step(y, None, replace(state, i=state.i + 1, lams=lams, outs=outs, x_prev=x, t_prev=t0, order_prev=k))
+        k = multistep_order(self.order, len(state.outs), at, self.lower_order_final)
+        y = self._uni_p(here, there, x, lams, outs, k)
+        return Step(y, None, _UniState(lams, outs, here, x, k))
 
-    def _uni_p(self, a, b, x, lams, outs, order, mask):
+    def _uni_p(self, a, b, x, lams, outs, order):
         h = b.lam - a.lam
         m0 = outs[-1]
-        y = per_sample(b.sigma / a.sigma, x) * x + per_sample(-b.alpha * torch.expm1(-h), x) * m0
+        y = data_step(a, b, x, m0)
         if order >= 2:
-            h = torch.where(mask, torch.ones_like(h), h)  # masked samples (first order): any finite h
             rks = [(lams[-1 - k] - a.lam) / h for k in range(1, order)]
             B_h, _, bs = _weights(h, order, self.variant)
             rhos = [torch.full_like(h, 0.5)] if order == 2 else _solve(rks, bs[:order - 1])
             for k in range(1, order):
-                c = -b.alpha * B_h * rhos[k - 1] / rks[k - 1]
-                c = torch.where(mask, torch.zeros_like(c), c)
-                y = y + per_sample(c, x) * (outs[-1 - k] - m0)
+                y = y + per_sample(-b.alpha * B_h * rhos[k - 1] / rks[k - 1], x) * (outs[-1 - k] - m0)
         return y
 
-    def _uni_c(self, p, state: _UniState, here, m_t):
+    def _uni_c(self, state: _UniState, here, m_t):
         """UniC for the last step (from the previous point s0 to here), with m_t the output here."""
         order = state.order_prev
-        a = point(p, state.t_prev)
+        a = state.start
         h = here.lam - a.lam
-        x, m0 = state.x_prev, state.outs[-1]
+        x, m0 = state.x_start, state.outs[-1]
         rks = [(state.lams[-1 - k] - a.lam) / h for k in range(1, order)]
         B_h, h_phi_1, bs = _weights(h, order, self.variant)
         rhos = [torch.full_like(h, 0.5)] if order == 1 else _solve(rks + [torch.ones_like(h)], bs)
-        y = per_sample(here.sigma / a.sigma, x) * x + per_sample(-here.alpha * h_phi_1, x) * m0
+        y = data_step(a, here, x, m0)
         for k in range(1, order):
             y = y + per_sample(-here.alpha * B_h * rhos[k - 1] / rks[k - 1], x) * (state.outs[-1 - k] - m0)
         return y + per_sample(-here.alpha * B_h * rhos[-1], x) * (m_t - m0)

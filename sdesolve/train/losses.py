@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from ..scores import Score, labels
+from .arguments import constructor_arguments
 from .models.edm import EDMPrecond
 
 __all__ = ["Parametrization", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction",
@@ -233,9 +234,8 @@ class Loss:
         return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
 
     def __repr__(self):
-        from .spec import _args_of
         show = lambda v: v.__name__ if callable(v) and hasattr(v, "__name__") else repr(v)  # noqa: E731
-        return f"{type(self).__name__}({', '.join(f'{k}={show(v)}' for k, v in _args_of(self).items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={show(v)}' for k, v in constructor_arguments(self).items())})"
 
 
 class _WeightedScoreMatching(Loss):

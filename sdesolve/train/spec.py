@@ -23,6 +23,7 @@ from torch import nn
 
 from ..processes import Process
 from ..scores import labels
+from .arguments import constructor_arguments
 
 __all__ = ["describe", "build", "describe_label", "build_label"]
 
@@ -50,21 +51,7 @@ def build_label(name: str):
     return fn
 
 
-def _args_of(obj) -> dict:
-    if isinstance(obj, nn.Module):
-        if not isinstance(getattr(obj, "config", None), dict):
-            raise ValueError(f"{type(obj).__name__} has no `config` dict of its constructor arguments, so a "
-                             f"checkpoint cannot rebuild it")
-        return obj.config
-    args = {}
-    for name, p in inspect.signature(type(obj).__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if not hasattr(obj, name):
-            raise ValueError(f"{type(obj).__name__} does not keep its constructor argument {name!r} as an "
-                             f"attribute, so it cannot be described")
-        args[name] = getattr(obj, name)
-    return args
+_args_of = constructor_arguments
 
 
 def describe(obj):
