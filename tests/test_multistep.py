@@ -18,6 +18,7 @@ import sdesolve as sds
 from sdesolve.bench.peers import Diffusers
 from sdesolve.noise import PRIOR_STEP, Noise, streams
 from sdesolve.solvers.multistep import AB_COEFFICIENTS, lagrange_integrals
+from sdesolve.timeplan import plan_times
 
 from helpers import fitted_slope
 from peers import kdiffusion_sampling
@@ -226,18 +227,17 @@ def _order_error(process, solver, steps, schedule, exact_start):
     k = solver.points
     Bn = x.shape[0]
     tv = lambda i: grid[i].expand(Bn)  # noqa: E731
-    state = solver.init(eq, tv(0), x, tv(steps), grid=grid)
-    from dataclasses import replace
+    at = plan_times(process, schedule=grid).positions
     nodes, eps = [], []
     for i in range(k - 1):
         xi = pf_map(process, x, float(grid[0]), float(grid[i]))
         a = sds.solvers.multistep.point(process, tv(i))
         nodes.append(solver.node(a))
         eps.append(eq.eps(tv(i), xi))
-    state = replace(state, i=k - 1, nodes=tuple(nodes), eps=tuple(eps))
+    state = (tuple(nodes), tuple(eps))
     y = pf_map(process, x, float(grid[0]), float(grid[k - 1]))
     for i in range(k - 1, steps):
-        out = solver.step(eq, tv(i), tv(i + 1), y, state, None)
+        out = solver.step(eq, tv(i), tv(i + 1), y, state, None, at[i])
         y, state = out.y, out.state
     return float((y - pf_map(process, x, float(grid[0]), float(grid[-1]))).abs().max())
 

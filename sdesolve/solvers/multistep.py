@@ -57,13 +57,14 @@ and k-diffusion do not lower the order); the diffusers oracle switches it on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from ..schedules import logsnr
-from .base import Step, per_sample
-from .diffusion import DiffusionSolver, GridPlan, point, step_order
+from .base import CONTROLLED, Step, per_sample
+from .diffusion import DiffusionSolver, multistep_order
+from .exponential import point
 
 __all__ = ["IPNDM", "LMS", "DEIS", "AB_COEFFICIENTS"]
 
@@ -103,19 +104,9 @@ def lagrange_integrals(nodes: list, v_of_w, w_a: torch.Tensor, w_b: torch.Tensor
     return out
 
 
-@dataclass(frozen=True)
-class _ABState:
-    """Multistep state: the grid plan, the step index, and the last eps with their nodes
-    (newest last)."""
-
-    plan: GridPlan
-    i: int = 0
-    nodes: tuple = ()
-    eps: tuple = ()
-
-
 class _Adams(DiffusionSolver):
-    """Shared step: x_b = (alpha_b / alpha_a) x_a + alpha_b sum_j c_j eps_j."""
+    """Shared step: x_b = (alpha_b / alpha_a) x_a + alpha_b sum_j c_j eps_j. The state is the
+    history (nodes, eps): the last nodes and eps, newest last."""
 
     max_order = 4
     afs = False
@@ -127,8 +118,8 @@ class _Adams(DiffusionSolver):
     def points(self) -> int:
         return self._points
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return _ABState(self.plan(eq, t_end, grid))
+    def init(self, eq, t0, y0):
+        return ((), ())
 
     def node(self, a) -> torch.Tensor:
         """The interpolation variable at a point (rho by default)."""
@@ -142,26 +133,24 @@ class _Adams(DiffusionSolver):
             return y0 / per_sample(torch.sqrt(a.alpha**2 + a.sigma**2), y0)
         return eq.eps(a.t, y0)
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        hist_v, hist_e = state
         p = eq.process
         a, b = point(p, t0), point(p, t1)
-        e = self._first_eps(eq, a, y0) if state.i == 0 else eq.eps(t0, y0)
-        k = step_order(self._points, state.i, state.plan, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        k = min(k, len(state.eps) + 1)
+        e = self._first_eps(eq, a, y0) if at.index == 0 else eq.eps(t0, y0)
+        low = at.ends_low and not self._to_zero_ok  # full order into rho = 0 where the weights stay finite
+        k = multistep_order(self._points, len(hist_e), replace(at, ends_low=low), self.lower_order_final,
+                            LOWER_ORDER_FINAL_BELOW)
         va = self.node(a)
-        eps = [e] + list(reversed(state.eps))[: k - 1]
-        nodes = [va] + list(reversed(state.nodes))[: k - 1]
-        if k > 1 and not self._to_zero_ok and self._last_low(eq, state.plan, state.i, t1):
-            k, eps, nodes = 1, eps[:1], nodes[:1]
+        eps = [e] + list(reversed(hist_e))[: k - 1]
+        nodes = [va] + list(reversed(hist_v))[: k - 1]
         cs = self.weights(eq, a, b, nodes)
         incr = per_sample(cs[0], y0) * eps[0]
         for c, ej in zip(cs[1:], eps[1:]):
             incr = incr + per_sample(c, y0) * ej
         y = per_sample(b.alpha / a.alpha, y0) * y0 + per_sample(b.alpha, y0) * incr
         keep = self._points - 1
-        hist_e = (state.eps + (e,))[-keep:] if keep else ()
-        hist_v = (state.nodes + (va,))[-keep:] if keep else ()
-        return Step(y, None, replace(state, i=state.i + 1, nodes=hist_v, eps=hist_e))
+        return Step(y, None, ((hist_v + (va,))[-keep:], (hist_e + (e,))[-keep:]) if keep else ((), ()))
 
     #: the weights stay finite for a step into rho = 0 (lambda = inf)
     _to_zero_ok = True

@@ -23,38 +23,31 @@ Noise: restart k (k = 0..K-1) of the interval that ends step i draws draw number
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 
+from ..equations import DiffusionEquation
 from ..schedules import karras
-from .base import Solver, Step, per_sample
-from .diffusion import EDMHeun, append_zero, point
+from ..timeplan import plan_times
+from .base import CONTROLLED, Solver, Step, per_sample
+from .diffusion import EDMHeun
+from .exponential import point
 
 __all__ = ["Restart"]
 
 
-@dataclass(frozen=True)
-class _RestartState:
-    inner: object
-    i: int = 0
-    done: tuple = ()   # indices of the intervals already restarted
-    fires: dict | None = None   # on a known grid: step index -> the intervals restarted after it
-
-
 class Restart(Solver):
     """Restart sampling (Xu et al. 2023) around an inner ODE solver; see the module docstring.
+    The state is the inner solver's.
 
     Default: EDM Heun inside, one interval rho in [0.06, 0.30] (the paper's setting for its
     CIFAR-10 EDM runs, in sigma) with K = 2 restarts of 3 steps; grid: the inner solver's."""
 
-    needs_process = True
-    uses_grid = True
+    equation = DiffusionEquation
     stochastic = False
 
     def __init__(self, inner: Solver | None = None, intervals=((0.06, 0.30, 2),), restart_steps: int = 3):
         self.inner = inner if inner is not None else EDMHeun()
-        if getattr(self.inner, "stochastic", False):
+        if self.inner.stochastic:
             raise ValueError("Restart: the inner solver must integrate the ODE (a deterministic solver)")
         ivs = []
         for iv in intervals:
@@ -79,37 +72,31 @@ class Restart(Solver):
         super().check(eq)
         self.inner.check(eq)
 
-    def _init_inner(self, solver, eq, t0, y0, t_end, grid):
-        if getattr(solver, "uses_grid", False):
-            return solver.init(eq, t0, y0, t_end, grid=grid)
-        return solver.init(eq, t0, y0, t_end)
+    def init(self, eq, t0, y0):
+        return self.inner.init(eq, t0, y0)
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        fires = None
-        if grid is not None:  # plan the restarts on the host, from the grid
-            rho = eq.process.sigma_edm(torch.as_tensor(grid, dtype=torch.float64)).tolist()
-            fires = {}
-            for j, (lo, _, _) in enumerate(self.intervals):
-                i = next((i for i in range(len(rho) - 1) if 0.0 < rho[i + 1] <= lo), None)
-                if i is not None:
-                    fires.setdefault(i, []).append(j)
-        return _RestartState(self._init_inner(self.inner, eq, t0, y0, t_end, grid), fires=fires)
+    def _due(self, eq, t0, t1, at) -> list:
+        """The intervals whose low end this step reaches: on a grid, the first grid time with
+        0 < rho <= rho_lo (read from the host grid); under step-size control, the step that crosses
+        rho_lo (one host read)."""
+        if at.grid is not None:
+            ends = at.grid[at.index:at.index + 2]
+        else:
+            ends = torch.stack([t0[0], t1[0]]).to(torch.float64).cpu()
+        rho0, rho1 = eq.process.sigma_edm(ends.to(torch.float64)).tolist()
+        first = at.grid is not None and at.index == 0
+        return [j for j, (lo, _, _) in enumerate(self.intervals) if 0.0 < rho1 <= lo and (rho0 > lo or first)]
 
-    def _due(self, eq, state, t1) -> list:
-        if state.fires is not None:
-            return state.fires.get(state.i, [])
-        rho1 = float(eq.process.sigma_edm(t1[:1].to(torch.float64)))  # without the grid: one host read
-        return [j for j, (lo, _, _) in enumerate(self.intervals) if j not in state.done and 0.0 < rho1 <= lo]
-
-    def step(self, eq, t0, t1, y0, state, noise):
-        out = self.inner.step(eq, t0, t1, y0, state.inner, noise)
-        y, done = out.y, state.done
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        out = self.inner.step(eq, t0, t1, y0, state, noise, at)
+        y = out.y
         p = eq.process
-        for j in self._due(eq, state, t1):
+        for j in self._due(eq, t0, t1, at):
             lo, hi, k = self.intervals[j]
-            done = done + (j,)
+            t_lo = float(at.grid[at.index + 1]) if at.grid is not None else float(t1[0])
             sub = karras(7.0)(p, self.restart_steps, t_start=float(p.t_of_sigma_edm(torch.tensor(hi, dtype=torch.float64))),
-                              t_end=float(t1[0]))
+                              t_end=t_lo)
+            positions = plan_times(p, schedule=sub).positions
             a_lo, a_hi = point(p, t1), point(p, sub[:1].expand_as(t1).to(t1.device))
             ratio = a_hi.alpha / a_lo.alpha
             std = torch.sqrt((a_hi.sigma**2 - ratio**2 * a_lo.sigma**2).clamp_min(0.0))
@@ -117,8 +104,8 @@ class Restart(Solver):
             grid_dev = sub.to(t1.device)
             for r in range(k):
                 y = per_sample(ratio, y) * y + per_sample(std, y) * noise.normal(y, 1 + r)
-                st = self._init_inner(self.inner, eq, grid_dev[0].expand(B), y, grid_dev[-1].expand(B), sub)
+                st = self.inner.init(eq, grid_dev[0].expand(B), y)
                 for m in range(self.restart_steps):
-                    o = self.inner.step(eq, grid_dev[m].expand(B), grid_dev[m + 1].expand(B), y, st, noise)
+                    o = self.inner.step(eq, grid_dev[m].expand(B), grid_dev[m + 1].expand(B), y, st, noise, positions[m])
                     y, st = o.y, o.state
-        return Step(y, None, replace(state, inner=out.state, i=state.i + 1, done=done))
+        return Step(y, None, out.state)

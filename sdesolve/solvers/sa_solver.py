@@ -35,13 +35,14 @@ default we follow the paper. tests/test_sa_restart.py checks both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from ..schedules import logsnr
-from .base import Step, per_sample
-from .diffusion import DiffusionSolver, GridPlan, point
+from .base import CONTROLLED, Step, per_sample
+from .diffusion import DiffusionSolver, multistep_order
+from .exponential import LogSNRPoint, data_step, point
 from .multistep import _gauss_legendre
 
 __all__ = ["SASolver", "tau_band"]
@@ -62,12 +63,12 @@ def tau_band(value: float = 1.0, lo: float = 0.2, hi: float = 0.8):
 
 @dataclass(frozen=True)
 class _SAState:
-    plan: GridPlan
-    i: int = 0
+    """The history: the last outputs and their lambdas, and what the coming corrector redoes."""
+
     lams: tuple = ()     # lambdas of the last outputs (newest last)
     outs: tuple = ()     # the last model outputs D (newest last)
     x_prev: torch.Tensor | None = None    # the point the last predictor started from
-    a_prev: object = None                 # its LogSNR point
+    a_prev: LogSNRPoint | None = None     # its LogSNR point
     z_prev: torch.Tensor | None = None    # the normal the last predictor drew
     c_order: int = 0                      # the order of the coming corrector
 
@@ -115,8 +116,8 @@ class SASolver(DiffusionSolver):
         tau = self.tau(process, t) if callable(self.tau) else torch.full_like(t, float(self.tau))
         return torch.as_tensor(tau, dtype=torch.float64, device=t.device).expand_as(t) ** 2
 
-    def init(self, eq, t0, y0, t_end=None, grid=None):
-        return _SAState(self.plan(eq, t_end, grid))
+    def init(self, eq, t0, y0):
+        return _SAState()
 
     def _update(self, a, b, x, outs, nodes, tau2, z, prev_lam):
         """The stochastic Adams step from point a (state x) to b with outputs/nodes newest first."""
@@ -135,12 +136,11 @@ class SASolver(DiffusionSolver):
         std = b.sigma * torch.sqrt(-torch.expm1(-2.0 * tau2 * h))
         return y + per_sample(std, x) * z
 
-    def step(self, eq, t0, t1, y0, state, noise):
+    def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         p = eq.process
         a, b = point(p, t0), point(p, t1)
         d0 = eq.denoised(t0, y0)
         x = y0
-        N, i = state.plan.steps, state.i
         if state.x_prev is not None and self.corrector_order > 0:  # SA-Corrector of the last step
             c = state.c_order
             outs = [d0] + list(reversed(state.outs))[: c - 1]
@@ -150,18 +150,16 @@ class SASolver(DiffusionSolver):
         keep = max(self.predictor_order, self.corrector_order - 1)
         lams = (state.lams + (a.lam,))[-keep:]
         outs_hist = (state.outs + (d0,))[-keep:]
-        lower_nums = min(i, keep)
-        po, co = self.predictor_order, self.corrector_order
-        if self.lower_order_final and N is not None:
-            po, co = min(po, N - i), min(co, N - i + 1)
-        po, co = min(po, lower_nums + 1), min(co, lower_nums + 2)
-        if self._last_low(eq, state.plan, i, t1):  # into sigma = 0: alpha D, nothing drawn
-            return Step(per_sample(b.alpha, x) * d0, None, replace(state, i=i + 1))
+        if at.ends_low:  # into sigma = 0: alpha D, nothing drawn
+            return Step(data_step(a, b, x, d0), None, _SAState(lams, outs_hist))
+        po = multistep_order(self.predictor_order, len(state.outs), at, self.lower_order_final)
+        co = min(self.corrector_order, len(state.outs) + 2)
+        if self.lower_order_final and at.steps is not None:
+            co = min(co, at.remaining + 1)
         z = noise.normal(x, 0) if self.stochastic else torch.zeros_like(x)
         tau2 = self._tau2(p, a.t)
         outs = list(reversed(outs_hist))[:po]
         nodes = list(reversed(lams))[:po]
         prev_lam = state.lams[-1] if state.lams else None
         y = self._update(a, b, x, outs, nodes, tau2, z, prev_lam)
-        return Step(y, None, replace(state, i=i + 1, lams=lams, outs=outs_hist, x_prev=x, a_prev=a, z_prev=z,
-                                     c_order=co))
+        return Step(y, None, _SAState(lams, outs_hist, x, a, z, co))
