@@ -51,9 +51,9 @@ fi
 t2=$(now)
 
 BENCH=(bench --checkpoint "$CKPT"
-    --solvers "eulermaruyama,euler,heun,ddim,ddim:eta=1.0,dpmsolverpp:order=2,dpmsolverpp:order=2,sde=true,unipc:order=2,edmheun,dpmsolver:order=2,dopri5,adaptivesde:rtol=0.1,atol=0.1,adaptivesde:rtol=0.03,atol=0.03"
+    --solvers "eulermaruyama,euler,heun,ddim,ipndm,deis,dpmsolverpp:order=2,dpmsolverpp:order=2,sde=true,unipc:order=3,edmheun,dopri5,adaptivesde:rtol=0.1,atol=0.1"
     --nfe 5,10,20,50 --tolerances 1e-1,1e-2,1e-3 --reference eulermaruyama@1000
-    --peers "kdiffusion:dpmpp_2m,kdiffusion:euler,kdiffusion:heun,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,torchdiffeq:dopri5,torchsde:euler"
+    --peers "kdiffusion:dpmpp_2m,kdiffusion:heun,kdiffusion:lms,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,diffusers-unipc,torchdiffeq:dopri5,torchsde:euler"
     --n "$N" --seed 0 --batch-size 500 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT")
 if [ "$NPROC" -gt 1 ]; then
     python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m sdesolve -- "${BENCH[@]}"

@@ -27,6 +27,7 @@ from .timeplan import Position
 from .solvers import (DDIM, RK4, SRA1, AdaptiveSDE, Ancestral, AnnealedLangevin, Bosh3, ButcherTableau, Dopri5,
                       DPMSolver, DPMSolverPP, EDMHeun, Euler, EulerMaruyama, Heun, Langevin, Midpoint, Milstein,
                       PredictorCorrector, ReverseDiffusion, RungeKutta, Solver, Step, Tsit5, UniPC, append_zero)
+from .solvers import DEIS, IPNDM, LMS, DPMSolverPP3MSDE, DPMSolverPPSDE, Restart, SASolver  # few-step samplers
 
 #: sds.schedules.optimize: grids optimized for a model (set here: schedules must not import what samples)
 schedules.optimize = grid_optimization.optimize
@@ -48,6 +49,7 @@ __all__ = [
     "Solver", "Step", "ButcherTableau", "RungeKutta", "Euler", "Heun", "Midpoint", "RK4", "Bosh3", "Dopri5", "Tsit5",
     "EulerMaruyama", "Milstein", "SRA1", "AdaptiveSDE", "ReverseDiffusion", "Ancestral", "Langevin",
     "PredictorCorrector", "AnnealedLangevin", "DDIM", "DPMSolver", "DPMSolverPP", "UniPC", "EDMHeun", "append_zero",
+    "IPNDM", "DEIS", "LMS", "DPMSolverPP3MSDE", "DPMSolverPPSDE", "SASolver", "Restart",
     # likelihood
     "log_likelihood", "LikelihoodResult", "Trace", "ExactTrace", "Hutchinson", "bits_per_dim", "BitsPerDim",
     "dequantize", "pixel_levels",

@@ -11,12 +11,31 @@ tensor instead of a function.
     karras(rho=7)      sigma_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho in the
                        noise level sigma = sigma/alpha of the equivalent VE process (Karras et
                        al. 2022, Eq. 5), mapped back to t
+    exponential        equal steps in log sigma (k-diffusion's get_sigmas_exponential): the same
+                       grid as ``logsnr``, since lambda = -log sigma
+    polyexponential(rho=1)  log sigma_i = log s_min + (1 - i/N)^rho (log s_max - log s_min)
+                       (k-diffusion's get_sigmas_polyexponential; rho = 1 is ``exponential``)
+    beta(a=0.6, b=0.6) sigma_i = s_min + F^{-1}(1 - i/N) (s_max - s_min), F the Beta(a, b) CDF
+                       (Lee et al. 2024, "Beta sampling is all you need"; diffusers'
+                       ``use_beta_sigmas``)
+    time_uniform(rho=1)  t_i = (T^{1/rho} + i/N (t_min^{1/rho} - T^{1/rho}))^rho: polynomial in the
+                       process's own time (rho = 1 is ``uniform``; diff-sampler's "time_uniform"
+                       grid on the VP SDE, Zhou et al. 2024)
+    linspace_timesteps / leading_timesteps / trailing_timesteps(n_train=1000, final_zero=True)
+                       diffusers' timestep spacings ("Common diffusion noise schedules and sample
+                       steps are flawed", Lin et al. 2024, Table 2) on N training timesteps, with
+                       diffusers' final point: t = 0 (sigma = 0, ``final_sigmas_type="zero"``,
+                       the default of DPMSolverMultistepScheduler) or timestep 0 (``"sigma_min"``)
+
+All grids in sigma are mapped back to t through ``process.t_of_sigma_edm``. k-diffusion's grids
+end at sigma = 0: wrap a schedule in :func:`sdesolve.solvers.diffusion.append_zero` for that.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["uniform", "quadratic", "logsnr", "karras", "validate"]
+__all__ = ["uniform", "quadratic", "logsnr", "karras", "exponential", "polyexponential", "beta", "time_uniform",
+           "linspace_timesteps", "leading_timesteps", "trailing_timesteps", "validate"]
 
 
 def _ends(process, t_start, t_end):
@@ -71,6 +90,135 @@ def karras(rho: float = 7.0):
         return t
     schedule.__name__ = f"karras(rho={rho})"
     return schedule
+
+
+exponential = logsnr
+"""Equal steps in log sigma_edm = -lambda: k-diffusion's exponential grid (the same as ``logsnr``)."""
+
+
+def _in_sigma(process, a, b, sig):
+    t = process.t_of_sigma_edm(sig)
+    t[0], t[-1] = a, b
+    return t
+
+
+def polyexponential(rho: float = 1.0):
+    """k-diffusion's polynomial-in-log-sigma grid: log sigma_i = log s_min + (1 - i/N)^rho
+    (log s_max - log s_min). rho = 1 is ``exponential``; rho > 1 puts more steps at low noise."""
+    rho = float(rho)
+    if rho <= 0:
+        raise ValueError(f"polyexponential: rho must be > 0, got {rho}")
+
+    def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+        _check_steps(steps)
+        a, b = _ends(process, t_start, t_end)
+        ls_max, ls_min = float(torch.log(process.sigma_edm(a))), float(torch.log(process.sigma_edm(b)))
+        ramp = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** rho
+        return _in_sigma(process, a, b, torch.exp(ls_min + ramp * (ls_max - ls_min)))
+    schedule.__name__ = f"polyexponential(rho={rho})"
+    return schedule
+
+
+def beta(a: float = 0.6, b: float = 0.6):
+    """The Beta-quantile grid in sigma (Lee et al. 2024; diffusers' ``use_beta_sigmas`` with its
+    defaults a = b = 0.6): sigma_i = s_min + F^{-1}(1 - i/N; a, b) (s_max - s_min)."""
+    a, b = float(a), float(b)
+    if a <= 0 or b <= 0:
+        raise ValueError(f"beta: a and b must be > 0, got {a}, {b}")
+
+    def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+        from scipy.stats import beta as beta_dist
+        _check_steps(steps)
+        t0, t1 = _ends(process, t_start, t_end)
+        s_max, s_min = float(process.sigma_edm(t0)), float(process.sigma_edm(t1))
+        q = torch.as_tensor(beta_dist.ppf(1.0 - torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).numpy(),
+                                          a, b), dtype=torch.float64)
+        return _in_sigma(process, t0, t1, s_min + q * (s_max - s_min))
+    schedule.__name__ = f"beta(a={a}, b={b})"
+    return schedule
+
+
+def time_uniform(rho: float = 1.0):
+    """Polynomial spacing in the process's own time: t_i = (T^{1/rho} + i/N (t_min^{1/rho} -
+    T^{1/rho}))^rho (rho = 1: ``uniform``). On the VP SDE this is diff-sampler's "time_uniform"
+    grid (Zhou et al. 2024, with its ``schedule_rho``)."""
+    rho = float(rho)
+    if rho <= 0:
+        raise ValueError(f"time_uniform: rho must be > 0, got {rho}")
+
+    def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+        _check_steps(steps)
+        a, b = _ends(process, t_start, t_end)
+        if b < 0:
+            raise ValueError(f"time_uniform needs times >= 0, got t_end = {b}")
+        u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        t = (a ** (1 / rho) + u * (b ** (1 / rho) - a ** (1 / rho))) ** rho
+        t[0], t[-1] = a, b
+        return t
+    schedule.__name__ = f"time_uniform(rho={rho})"
+    return schedule
+
+
+def _timesteps_schedule(name, make, n_train, final_zero):
+    """A diffusers-spacing schedule: integer timesteps k (from ``make(steps)``, descending) at
+    t = t_end + k (t_start - t_end) / (n_train - 1), then the final point."""
+    if not isinstance(n_train, int) or n_train < 2:
+        raise ValueError(f"{name}: n_train must be an integer >= 2, got {n_train!r}")
+
+    def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
+        _check_steps(steps)
+        a, b = _ends(process, t_start, t_end)
+        k = make(steps).to(torch.float64)
+        if k.numel() != steps or (k[1:] >= k[:-1]).any() or k[-1] < 0 or k[0] > n_train - 1:
+            raise ValueError(f"{name}: {steps} steps on {n_train} timesteps give the timesteps {k.tolist()}, "
+                             "not distinct and descending inside [0, n_train - 1]")
+        t = b + k * ((a - b) / (n_train - 1))
+        if final_zero:
+            if float(process.sigma(torch.zeros(1, dtype=torch.float64))) != 0.0:
+                raise ValueError(f"{name}(final_zero=True) ends at sigma = 0, which {process!r} does not reach at "
+                                 "t = 0; use final_zero=False (diffusers' final_sigmas_type='sigma_min')")
+            last = 0.0
+        else:
+            if float(k[-1]) == 0.0:
+                raise ValueError(f"{name}(final_zero=False) appends timestep 0, which is already the last timestep")
+            last = b
+        return torch.cat([t, torch.tensor([last], dtype=torch.float64)])
+    schedule.__name__ = f"{name}(n_train={n_train}, final_zero={final_zero})"
+    return schedule
+
+
+def linspace_timesteps(n_train: int = 1000, final_zero: bool = True):
+    """diffusers' "linspace" spacing: timesteps round(linspace(0, N - 1, steps + 1))[::-1][:-1]
+    (N = ``n_train``), then t = 0 (``final_zero``, diffusers' default ``final_sigmas_type="zero"``:
+    the last step goes to sigma = 0 and returns the data prediction) or timestep 0 (t_min,
+    ``"sigma_min"``). The timestep k sits at t = t_min + k (T - t_min) / (N - 1)."""
+    import numpy as np
+
+    def make(steps):
+        return torch.from_numpy(np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].copy())
+    return _timesteps_schedule("linspace_timesteps", make, n_train, final_zero)
+
+
+def leading_timesteps(n_train: int = 1000, steps_offset: int = 0, final_zero: bool = True):
+    """diffusers' "leading" spacing of DPMSolverMultistepScheduler / DEIS: with r = N // (steps + 1),
+    timesteps (arange(steps + 1) r)[::-1][:-1] + ``steps_offset``; final point as in
+    :func:`linspace_timesteps`."""
+    import numpy as np
+
+    def make(steps):
+        r = n_train // (steps + 1)
+        return torch.from_numpy((np.arange(0, steps + 1) * r).round()[::-1][:-1].copy() + int(steps_offset))
+    return _timesteps_schedule("leading_timesteps", make, n_train, final_zero)
+
+
+def trailing_timesteps(n_train: int = 1000, final_zero: bool = True):
+    """diffusers' "trailing" spacing: timesteps round(arange(N, 0, -N / steps)) - 1; final point
+    as in :func:`linspace_timesteps`."""
+    import numpy as np
+
+    def make(steps):
+        return torch.from_numpy(np.arange(n_train, 0, -n_train / steps).round().copy() - 1.0)
+    return _timesteps_schedule("trailing_timesteps", make, n_train, final_zero)
 
 
 def validate(grid: torch.Tensor, process=None) -> torch.Tensor:

@@ -152,10 +152,10 @@ class KDiffusion(Peer):
     _counterparts = {"euler": "DDIM", "heun": "EDMHeun", "dpmpp_2m": "DPMSolverPP(order=2)", "dpm_2": "DPMSolver(order=2)",
                      "euler_ancestral": "Ancestral", "dpmpp_2m_sde": "DPMSolverPP(order=2, sde=True)"}
 
-    def __init__(self, sampler: str = "dpmpp_2m", rho: float = 7.0, **kwargs):
+    def __init__(self, sampler: str = "dpmpp_2m", rho: float = 7.0, zero: bool = False, **kwargs):
         self.sampler = sampler[len("sample_"):] if sampler.startswith("sample_") else sampler
-        self.rho, self.kwargs = float(rho), kwargs
-        self.label = f"k-diffusion {self.sampler}"
+        self.rho, self.kwargs, self.zero = float(rho), kwargs, bool(zero)
+        self.label = f"k-diffusion {self.sampler}" + (" (to 0)" if self.zero else "")
         self.counterpart = self._counterparts.get(self.sampler, "")
         self.stochastic = self.sampler in ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
                                            "dpmpp_2m_sde", "dpmpp_3m_sde")
@@ -173,10 +173,17 @@ class KDiffusion(Peer):
     def sample(self, process, score, x_T, *, steps=None, tol=None, seed=0, offset=0):
         from ..schedules import karras
         fn = self._fn()
-        grid = karras(self.rho)(process, int(steps)).to(x_T.device)
+        # zero: k-diffusion's own get_sigmas_karras(steps, ...), steps noise levels then 0 (its
+        # samplers' default use); the result is then the sample at t = 0
+        grid = (karras(self.rho)(process, int(steps) - 1) if self.zero else karras(self.rho)(process, int(steps)))
+        if self.zero:
+            grid = torch.cat([grid, grid.new_zeros(1)])
+        grid = grid.to(x_T.device)
         # sigmas in the state's dtype, as k-diffusion makes them (float64 sigmas would promote a
         # float32 state to float64 through its append_dims)
         sigmas = process.sigma_edm(grid).to(x_T.dtype)
+        if self.zero:
+            sigmas[-1] = 0.0
         lo, hi = float(process.t_min), float(process.T)
 
         def denoiser(xk, sigma):
@@ -188,10 +195,18 @@ class KDiffusion(Peer):
         kw = dict(self.kwargs)
         if "noise_sampler" in inspect.signature(fn).parameters:
             noise = Noise(streams(seed, x_T.shape[0], offset=offset, device=x_T.device))
-            index = {float(s): i for i, s in enumerate(sigmas)}
-            kw["noise_sampler"] = lambda sigma, sigma_next: noise.at(index[float(sigma)]).normal(x_T, 0)
+            logs = torch.log(sigmas[:-1].double().clamp_min(1e-300))
+            calls = {}
+
+            def noise_sampler(sigma, sigma_next):  # call c of step i (nearest sigma_i) gets draw c of step i
+                i = int(torch.argmin((logs - torch.log(torch.as_tensor(sigma, dtype=torch.float64))).abs()))
+                calls[i] = calls.get(i, -1) + 1
+                return noise.at(i).normal(x_T, calls[i])
+            kw["noise_sampler"] = noise_sampler
         xk = x_T / process.alpha(torch.tensor(process.T, dtype=torch.float64)).item()
         out = fn(model, xk, sigmas, disable=True, **kw)
+        if self.zero:
+            return out, model.calls
         return out * process.alpha(torch.tensor(process.t_min, dtype=torch.float64)).item(), model.calls
 
 

@@ -9,8 +9,13 @@ from .srk import SRA1, Milstein
 from .diffusion import DDIM, DiffusionSolver, EDMHeun, append_zero
 from .dpm import DPMSolver, DPMSolverPP
 from .unipc import UniPC
+from .multistep import DEIS, IPNDM, LMS
+from .dpm_sde import DPMSolverPP3MSDE, DPMSolverPPSDE
+from .sa_solver import SASolver, tau_band
+from .restart import Restart
 
 __all__ = ["Solver", "Step", "ButcherTableau", "RungeKutta", "Euler", "Heun", "Midpoint", "RK4",
            "EulerMaruyama", "ReverseDiffusion", "Ancestral", "Langevin", "PredictorCorrector", "AnnealedLangevin"]
 __all__ += ["Bosh3", "Dopri5", "Tsit5", "EmbeddedRungeKutta", "DenseOutput", "AdaptiveSDE", "Milstein", "SRA1"]
 __all__ += ["DiffusionSolver", "DDIM", "DPMSolver", "DPMSolverPP", "UniPC", "EDMHeun", "append_zero"]
+__all__ += ["IPNDM", "LMS", "DEIS", "DPMSolverPP3MSDE", "DPMSolverPPSDE", "SASolver", "tau_band", "Restart"]

@@ -1,0 +1,157 @@
+"""Tables from benchmarks/few_step.py results: the lead per NFE (sdesolve's best sampler on its
+default grid against the best peer on its own default, paired 95% bootstrap intervals), the
+counterparts (an sdesolve solver on its peer's grid against the peer), and the grid choice.
+
+    python benchmarks/few_step_report.py [--boot 200] benchmarks/results/few_step/*.json > benchmarks/results/few_step/REPORT.md
+
+The bootstrap needs the samples that few_step.py kept (its --samples .npz, named in the JSON):
+B resamples of the sample indices (seeded), the same for every row of a problem.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+import sdesolve as sds
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import few_step  # noqa: E402
+
+# the grids that few_step.py names, and the solvers' default grids (the class attribute) by name
+DEFAULT_GRID = {
+    "IPNDM(4)": sds.IPNDM.default_schedule, "IPNDM(4, afs)": sds.IPNDM.default_schedule,
+    "DEIS(3)": sds.DEIS.default_schedule, "UniPC(3)": sds.UniPC.default_schedule,
+    "DPMSolverPP(3)": sds.DPMSolverPP.default_schedule, "DPMSolverPP(2)": sds.DPMSolverPP.default_schedule,
+    "LMS(4)": sds.LMS.default_schedule, "EDMHeun": sds.EDMHeun.default_schedule,
+    "SASolver(tau=0)": sds.SASolver.default_schedule, "SASolver": sds.SASolver.default_schedule,
+    "DPMSolverPP3MSDE": sds.DPMSolverPP3MSDE.default_schedule, "DPMSolverPPSDE": sds.DPMSolverPPSDE.default_schedule,
+}
+COUNTERPARTS = [("EDMHeun", "karras7->0", "k-diffusion heun (to 0)"),
+                ("DPMSolverPP(2)", "karras7->0", "k-diffusion dpmpp_2m (to 0)"),
+                ("LMS(4)", "karras7->0", "k-diffusion lms (to 0)"),
+                ("UniPC(2)", "linspace_timesteps", "diffusers UniPCMultistep (default)")]
+
+
+def grid_name(schedule) -> str:
+    n = getattr(schedule, "__name__", str(schedule))
+    table = {"append_zero(karras(rho=7.0))": "karras7->0", "logsnr": "logsnr", "append_zero(uniform)": "uniform->0",
+             "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0"}
+    if n.startswith("linspace_timesteps(") and n.endswith("final_zero=True)"):
+        return "linspace_timesteps"
+    return table.get(n, n)
+
+
+def ci(v):
+    v = torch.tensor(v, dtype=torch.float64)
+    v = v[torch.isfinite(v)]
+    if v.numel() == 0:
+        return float("nan"), float("nan")
+    return float(torch.quantile(v, 0.025)), float(torch.quantile(v, 0.975))
+
+
+def g(x, d=4):
+    return "nan" if x != x else f"{x:.{d}g}"
+
+
+class Boot:
+    """Bootstrap distributions of rows' metrics, on shared resamples of the sample indices."""
+
+    def __init__(self, res, B):
+        from sdesolve.bench import problems
+        if res["problem"] == "digits":
+            prob = problems.checkpoint_problem(res["checkpoint"])
+            self.metric = few_step.FDMetric(prob.quality)
+        else:
+            mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[res["problem"]]()
+            self.metric = few_step.SWMetric(problems.mixture_problem(mix).quality, res["n"])
+        self.samples = np.load(res["samples"])
+        self.idx = torch.randint(0, res["n"], (B, res["n"]), generator=torch.Generator().manual_seed(12345))
+        self.cache = {}
+
+    def __call__(self, row):
+        k = row["sample_key"]
+        if k not in self.cache:
+            f = self.metric.prepare(torch.from_numpy(self.samples[k]))
+            self.cache[k] = [self.metric(f, i) for i in self.idx]
+        return self.cache[k]
+
+
+def report(res, B) -> str:
+    boot = Boot(res, B)
+    for r in res["rows"]:
+        r["boot"] = None
+    rows, floor = res["rows"], res["floor"].get(res["metric"], float("nan"))
+
+    def bt(r):
+        if r["boot"] is None:
+            r["boot"] = boot(r)
+        return r["boot"]
+    out = [f"### {res['problem']}: {res['label']}, n = {res['n']}, {B} paired bootstrap resamples",
+           f"floor (exact samples of the same size): {g(floor)}", ""]
+    nfes = sorted({r["nfe_budget"] for r in rows})
+    out += ["| NFE | best sdesolve (default grid) | metric [95%] | best peer (its default) | metric [95%] | "
+            "ours - peer [95%] | excess reduction | resolved |", "|---|---|---|---|---|---|---|---|"]
+    for n in nfes:
+        mine = [r for r in rows if r["nfe_budget"] == n and not r["peer"] and r["sampler"] in DEFAULT_GRID
+                and r["grid"] == grid_name(DEFAULT_GRID[r["sampler"]])]
+        theirs = [r for r in rows if r["nfe_budget"] == n and r["peer"]]
+        if not mine or not theirs:
+            continue
+        a = min(mine, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
+        b = min(theirs, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
+        d = [x - y for x, y in zip(bt(a), bt(b))]
+        lo, hi = ci(d)
+        red = 1 - (a["metric"] - floor) / (b["metric"] - floor) if b["metric"] > floor else float("nan")
+        out.append(f"| {n} | {a['sampler']} {a['grid']} (NFE {a['nfe']}) | {g(a['metric'])} "
+                   f"[{g(ci(a['boot'])[0])}, {g(ci(a['boot'])[1])}] | {b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} "
+                   f"[{g(ci(b['boot'])[0])}, {g(ci(b['boot'])[1])}] | {g(a['metric'] - b['metric'], 3)} "
+                   f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |")
+    out += ["", "Counterparts on the peer's default grid (ours - peer):", "",
+            "| NFE | sdesolve row | peer | ours | peer | ours - peer [95%] |", "|---|---|---|---|---|---|"]
+    for lab, grid, peer in COUNTERPARTS:
+        for n in nfes:
+            a = [r for r in rows if r["nfe_budget"] == n and r["sampler"] == lab and r["grid"] == grid and not r["peer"]]
+            b = [r for r in rows if r["nfe_budget"] == n and r["sampler"] == peer]
+            if a and b:
+                a, b = a[0], b[0]
+                lo, hi = ci([x - y for x, y in zip(bt(a), bt(b))])
+                out.append(f"| {n} | {lab} {grid} | {peer} | {g(a['metric'])} | {g(b['metric'])} | "
+                           f"{g(a['metric'] - b['metric'], 3)} [{g(lo, 3)}, {g(hi, 3)}] |")
+    out += ["", "All rows (metric per NFE budget):", "", "| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes)
+            + " |", "|---|---|" + "---|" * len(nfes)]
+    keys = []
+    for r in rows:
+        k = (r["sampler"], r["grid"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        vals = []
+        for n in nfes:
+            m = [r for r in rows if (r["sampler"], r["grid"]) == k and r["nfe_budget"] == n]
+            vals.append(f"{g(m[0]['metric'])} ({m[0]['steps']} st)" if m else "-")
+        out.append(f"| {k[0]} | {k[1]} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("paths", nargs="+")
+    args = ap.parse_args(argv)
+    paths = args.paths
+    print("# Few-step sampling: sdesolve against k-diffusion and diffusers at 5-10 model evaluations\n")
+    print("Made by `python benchmarks/few_step_report.py " + " ".join(paths) + "` from the results of "
+          "`benchmarks/few_step.py` (the command of each is in its JSON). A difference counts as resolved when its "
+          "paired 95% interval excludes 0; the excess reduction is 1 - (ours - floor) / (peer - floor).\n")
+    for p in paths:
+        with open(p) as f:
+            print(report(json.load(f), args.boot), flush=True)
+
+
+if __name__ == "__main__":
+    main()
