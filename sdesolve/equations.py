@@ -16,7 +16,8 @@ import torch
 
 from .tensors import per_sample
 
-__all__ = ["Equation", "ODE", "SDE", "DiffusionEquation", "ReverseSDE", "ProbabilityFlowODE", "NOISE_TYPES"]
+__all__ = ["Equation", "ODE", "SDE", "DiffusionEquation", "ReverseSDE", "ProbabilityFlowODE", "VelocityODE", "VelocitySDE",
+           "NOISE_TYPES"]
 
 NOISE_TYPES = ("diagonal", "scalar", "additive")
 
@@ -176,3 +177,40 @@ class ProbabilityFlowODE(DiffusionEquation):
     def drift(self, t, x):
         s = self.score_at(t, x)
         return per_sample(self.process.f(t), x) * x - 0.5 * self.g2(t, x) * s
+
+
+class VelocityODE(ProbabilityFlowODE):
+    """The probability-flow ODE of a Gaussian path in velocity form: dx/dt = u(x, t) =
+    alpha' E[x_0|x] + sigma' E[z|x] (one model call; the model's own output for a velocity model)."""
+
+    def drift(self, t, x):
+        return self._predict(t, x, "velocity_of")
+
+
+class VelocitySDE(ReverseSDE):
+    """dx = [u(x, t) - g~(t)^2 score / 2] dt + g~(t) dW_bar, integrated from T down: the reverse
+    SDE of a Gaussian path with diffusion g~ (``diffusion``: None for g, a number, or a function of
+    the float64 times (B,)); one model call per drift evaluation."""
+
+    def __init__(self, process, score, diffusion=None):
+        super().__init__(process, score)
+        self.extra = diffusion
+
+    def g2_tilde(self, t) -> torch.Tensor:
+        if self.extra is None:
+            return self.process.g2(t)
+        g = self.extra(t) if callable(self.extra) else self.extra
+        g = torch.as_tensor(g, dtype=torch.float64, device=t.device)
+        if (g < 0).any():
+            raise ValueError(f"the reverse SDE's diffusion g~(t) must be >= 0, got {g.min().item():.3g} at some t")
+        return torch.broadcast_to(g, t.shape) ** 2
+
+    def drift(self, t, x):
+        self._count(x)
+        p = self.process
+        u, s = self.score.velocity_and_score(x, t, p)
+        self._check_out(u, x, "the score model (velocity)")
+        return u - 0.5 * per_sample(self.g2_tilde(t), x).to(x.dtype) * s
+
+    def diffusion(self, t, x):
+        return per_sample(torch.sqrt(self.g2_tilde(t)), x)

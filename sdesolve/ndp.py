@@ -247,7 +247,7 @@ def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: to
     (context first). ``score_of(X (1, C + T, D)) -> Score`` builds the score at those inputs
     (:func:`ndp_score` for a network). Returns (n, T) values."""
     from .repaint import RePaint
-    from .solve import sample
+    from .integrate import sample
     from .solvers import EulerMaruyama
 
     X = torch.cat([x_context, x_target]).to(torch.float32)[None]

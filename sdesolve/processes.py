@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .equations import ProbabilityFlowODE, ReverseSDE
+from .equations import ProbabilityFlowODE, ReverseSDE, VelocitySDE
 from .tensors import per_sample
 
 __all__ = ["Process", "VPSDE", "SubVPSDE", "VESDE", "EDM"]
@@ -124,7 +124,6 @@ class Process:
         same marginals dx = [f x - (g^2 + g~^2) score / 2] dt + g~ dW_bar (see :mod:`sdesolve.paths`)."""
         if diffusion is None:
             return ReverseSDE(self, score)
-        from .paths import VelocitySDE
         return VelocitySDE(self, score, diffusion)
 
     def probability_flow(self, score) -> ProbabilityFlowODE:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..solve import sample as sds_sample
+from ..integrate import sample as sds_sample
 from . import distributed as dist
 from .paired import MeanOf
 from .quality import Quality
