@@ -160,13 +160,14 @@ class TrainedModel:
         return self.scaling.to_data(y)
 
 
-def load_trained(path, ema: bool = True, map_location="cpu") -> TrainedModel:
+def load_trained(path, ema: bool = True, map_location="cpu", classes=()) -> TrainedModel:
     """The module saved in a checkpoint file or directory, with its EMA weights (``ema=True``) or
-    its raw weights, in eval mode."""
+    its raw weights, in eval mode. Classes are rebuilt from the project's own table
+    (:func:`sdesolve.train.spec.known_classes`) plus the classes passed in ``classes``."""
     file, ckpt = find_checkpoint(path, map_location)
     cfg = ckpt["config"]
     try:
-        model, loss = build(cfg["model"]), build(cfg["loss"])
+        model, loss = build(cfg["model"], classes), build(cfg["loss"], classes)
         model.load_state_dict(ckpt["model"])
         if ema:
             shadow = ckpt["ema"]["shadow"]
