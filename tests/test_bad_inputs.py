@@ -125,3 +125,35 @@ def test_mnist_with_a_wrong_digest_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "mnist_path", lambda: fake)
     with pytest.raises(ValueError, match="SHA-256"):
         data.load_mnist("test")
+
+
+# --- checkpoints: digest, no rotation of a damaged last.pt ------------------------------------------------
+def _flip_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the largest tensor's data (an uncompressed zip entry)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = (int.from_bytes(raw[info.header_offset + k:info.header_offset + k + 2], "little")
+                           for k in (26, 28))
+    pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[pos] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_tensor_bytes_refused_and_never_rotated_over_prev(tmp_path):
+    from sdesolve.train.checkpoint import CheckpointError, find_checkpoint
+    _toy_trainer(tmp_path, steps=2).train()
+    _flip_tensor_byte(tmp_path / LAST)
+    with pytest.raises(CheckpointError, match=r"last\.pt.*corrupted"):
+        load_checkpoint(tmp_path / LAST)
+    with pytest.warns(UserWarning, match=r"prev\.pt \(step 1\)"):
+        file, _ = find_checkpoint(tmp_path)
+    assert file.name == PREV
+    tr = _toy_trainer(tmp_path, steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tr.resume(tmp_path)
+        assert tr.step == 1
+        tr.train()  # saves step 2: the damaged last.pt is replaced, prev.pt (step 1) kept
+    assert load_checkpoint(tmp_path / PREV)["step"] == 1 and load_checkpoint(tmp_path / LAST)["step"] == 2
