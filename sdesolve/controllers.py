@@ -239,6 +239,11 @@ class PIController:
                     raise NonFiniteError(f"non-finite drift at the start (t = {t0:.6g}) in samples {_fmt(samples)}",
                                          step=0, t=t0, samples=samples)
             habs = self.initial_step(eq, t, y0, f0, t_end - t, solver.order)
+            if check_finite and not bool(torch.isfinite(habs).all()):  # the drift was NaN/Inf at t0 + h0
+                samples = torch.nonzero(~torch.isfinite(habs)).flatten().tolist()
+                raise NonFiniteError(f"{type(solver).__name__}: non-finite drift near the start (t = {t0:.6g}) in "
+                                     f"samples {_fmt(samples)}: the initial step size is not finite",
+                                     step=0, t=t0, samples=samples)
         else:
             habs = torch.full((B,), min(self.dt0, abs(t1 - t0)), dtype=torch.float64, device=device)
         h = direction * habs
@@ -347,7 +352,7 @@ class PIController:
             t_now = take(t)
             h_new = direction * torch.minimum(h_new.abs(), (t1 - t_now).abs())
             still = ~take(done)
-            tiny = still & (h_new.abs() <= torch.clamp(16 * _EPS64 * t_now.abs(), min=floor))
+            tiny = still & ((h_new.abs() <= torch.clamp(16 * _EPS64 * t_now.abs(), min=floor)) | ~torch.isfinite(h_new))
             if bool(tiny.any()):
                 self._raise_tiny(solver, tiny, idx, t_now, ~finite & ~acc, take(last_nonfinite), iterations)
             if idx is None:

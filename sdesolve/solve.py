@@ -43,6 +43,7 @@ from .errors import NonFiniteError, _fmt
 from .kernels import kernel_mode
 from .noise import PRIOR_STEP, Noise, streams
 from .schedules import validate
+from .validation import check_interval, check_sample_args, check_seed
 
 __all__ = ["solve", "sample", "Solution", "Stats", "clear_cuda_graphs", "GRAPH_CACHE_SIZE"]
 
@@ -92,6 +93,7 @@ def _progress(iterable, enabled, total, desc):
 
 
 def _make_noise(seed, batch, device, offset=0) -> Noise:
+    check_seed(seed)
     return Noise(streams(seed, batch, offset=offset, device=device))
 
 
@@ -158,6 +160,7 @@ def solve(eq, y0: torch.Tensor, t0=None, t1=None, solver=None, *, steps: int | N
         if controller is None:
             from .controllers import PIController
             controller = PIController.for_solver(solver)
+        check_interval(eq, t0, t1)
         return controller.solve(eq, y0, t0, t1, solver, noise=noise, save_at=save_at, progress=progress,
                                 check_finite=check_finite)
 
@@ -341,6 +344,7 @@ def sample(process, score, solver, *, shape=None, x_T=None, steps: int | None = 
     with the same process, score, solver, grid and shape (see :func:`solve`); reuse the same
     ``score`` object across calls for the capture to be reused.
     """
+    check_sample_args(process, shape, x_T, dtype, sample_offset, schedule)
     eq = process.reverse(score) if solver.stochastic else process.probability_flow(score)
     if x_T is None:
         if shape is None:

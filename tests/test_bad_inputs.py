@@ -157,3 +157,146 @@ def test_flipped_tensor_bytes_refused_and_never_rotated_over_prev(tmp_path):
         assert tr.step == 1
         tr.train()  # saves step 2: the damaged last.pt is replaced, prev.pt (step 1) kept
     assert load_checkpoint(tmp_path / PREV)["step"] == 1 and load_checkpoint(tmp_path / LAST)["step"] == 2
+
+
+# --- silent wrong answers in the library ---------------------------------------------------------------
+GM2 = sds.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
+
+
+def _gm_score(process, wrap=None):
+    exact = GM2.score(process)
+    if wrap == "no_grad":
+        def score(x, t):
+            with torch.no_grad():
+                return exact(x, t)
+        return score
+    if wrap == "detach":
+        return lambda x, t: exact(x, t).detach()
+    return exact
+
+
+@pytest.mark.parametrize("wrap", ["no_grad", "detach"])
+def test_log_likelihood_refuses_a_gradient_blocking_model(wrap):
+    p = sds.VPSDE()
+    x = GM2.sample(4, torch.Generator().manual_seed(0)).double()
+    with pytest.raises(ValueError, match="does not depend on x through autograd"):
+        sds.log_likelihood(p, _gm_score(p, wrap), x, solver=sds.RK4(), steps=4, trace=sds.ExactTrace())
+    with torch.no_grad():  # the caller's no_grad is fine: the exact score passes
+        res = sds.log_likelihood(p, _gm_score(p), x, solver=sds.RK4(), steps=4, trace=sds.ExactTrace())
+    assert torch.isfinite(res.logp).all()
+
+
+@pytest.mark.parametrize("solver", [sds.Dopri5(1e-3, 1e-3), sds.Bosh3(1e-3, 1e-3), sds.Tsit5(1e-3, 1e-3)],
+                         ids=lambda s: type(s).__name__)
+def test_adaptive_nan_raises_nonfinite_at_once(solver):
+    """A model that returns NaN for one sample below t = 0.6: NonFiniteError naming that sample,
+    a time and a step, after a handful of model calls (not max_steps retries)."""
+    p = sds.VPSDE()
+    exact = GM2.score(p)
+    calls = [0]
+
+    def score(x, t):
+        calls[0] += 1
+        out = exact(x, t)
+        return torch.where(((x[:, 1] > 1.5) & (t < 0.6))[:, None], torch.full_like(out, float("nan")), out)
+
+    x_T = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.0, 2.0], [0.1, 0.1]])
+    with pytest.raises(sds.NonFiniteError) as info:
+        sds.sample(p, score, solver, x_T=x_T)
+    e = info.value
+    assert e.samples == [2] and e.step is not None and e.t is not None and 0.0 < e.t <= 1.0
+    assert calls[0] < 200, calls[0]
+
+
+def test_increasing_sampling_grid_refused():
+    p = sds.VPSDE()
+    with pytest.raises(ValueError, match="from noise to data"):
+        sds.sample(p, GM2.score(p), sds.Heun(), shape=(4, 2), schedule=torch.tensor([1e-3, 0.5, 1.0]), seed=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_sample_refuses_a_non_float_dtype(dtype):
+    p = sds.VPSDE()
+    with pytest.raises(TypeError, match="floating-point"):
+        sds.sample(p, GM2.score(p), sds.Euler(), shape=(4, 2), steps=2, seed=0, dtype=dtype)
+
+
+@pytest.mark.parametrize("seed", [3.7, np.float64(2.0), True])
+def test_sample_refuses_a_non_integer_seed(seed):
+    p = sds.VPSDE()
+    with pytest.raises(TypeError, match="seed must be an int"):
+        sds.sample(p, GM2.score(p), sds.Euler(), shape=(4, 2), steps=2, seed=seed)
+
+
+def test_sample_accepts_numpy_integer_seed_and_offset():
+    p = sds.VPSDE()
+    a = sds.sample(p, GM2.score(p), sds.Euler(), shape=(4, 2), steps=2, seed=np.int64(5), sample_offset=np.int32(2))
+    b = sds.sample(p, GM2.score(p), sds.Euler(), shape=(4, 2), steps=2, seed=5, sample_offset=2)
+    assert torch.equal(a.y, b.y)
+
+
+def test_sample_refuses_a_fractional_offset():
+    p = sds.VPSDE()
+    with pytest.raises(TypeError, match="sample_offset must be an integer"):
+        sds.sample(p, GM2.score(p), sds.Euler(), shape=(4, 2), steps=2, seed=0, sample_offset=1.5)
+
+
+def test_sample_refuses_an_empty_batch():
+    p = sds.VPSDE()
+    with pytest.raises(ValueError, match="empty batch"):
+        sds.sample(p, GM2.score(p), sds.Euler(), shape=(0, 2), steps=2, seed=0)
+
+
+def test_sample_refuses_x_T_contradicting_shape():
+    p = sds.VPSDE()
+    with pytest.raises(ValueError, match="contradicts x_T"):
+        sds.sample(p, GM2.score(p), sds.Euler(), shape=(8, 2), x_T=torch.zeros(4, 2), steps=2, seed=0)
+
+
+def test_adaptive_solve_checks_the_time_range():
+    p = sds.VPSDE()
+    eq = p.probability_flow(GM2.score(p))
+    with pytest.raises(ValueError, match=r"outside \[t_min, T\]"):
+        sds.solve(eq, torch.zeros(2, 2), 1.5, p.t_min, sds.Dopri5())
+
+
+def test_bits_per_dim_below_zero_is_flagged():
+    """A sharp mixture in 4 dimensions and 10 RK4 steps gives a wildly inaccurate likelihood,
+    with bits/dim below 0 (impossible for 8-bit data): it is flagged."""
+    torch.manual_seed(0)
+    means = torch.randint(0, 256, (3, 4)).double() / 255 * 2 - 1
+    gm = sds.GaussianMixture(torch.ones(3) / 3, means, torch.full((3,), 1e-5))
+    p = sds.VPSDE()
+    exact = gm.score(p)
+    levels = ((gm.sample(6, torch.Generator().manual_seed(1)).clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8)
+    score = lambda x, t: exact(x.reshape(x.shape[0], -1), t).reshape(x.shape)  # noqa: E731
+    with pytest.warns(UserWarning, match="below 0"):
+        res = sds.bits_per_dim(p, score, levels.reshape(6, 1, 2, 2), solver=sds.RK4(), steps=10,
+                               trace=sds.ExactTrace(), dtype=torch.float64)
+    assert res.below_zero == torch.nonzero(res.bpd < 0).flatten().tolist() and res.below_zero
+
+
+def test_exact_trace_refuses_up_front_when_one_vector_does_not_fit():
+    p = sds.VPSDE()
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4096), torch.nn.Tanh(), torch.nn.Linear(4096, 64))
+    score = lambda x, t: net(x).reshape(x.shape)  # noqa: E731
+    x = torch.randn(16, 1, 8, 8)
+    with pytest.raises(MemoryError, match=r"needs about .*MiB.*memory budget of 1 MiB"):
+        sds.log_likelihood(p, score, x, solver=sds.Euler(), steps=1, trace=sds.ExactTrace(memory_budget=2**20))
+
+
+def test_exact_trace_chunks_from_the_budget_and_agrees():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 6)).double()
+    fn = lambda x: net(x)  # noqa: E731
+    x = torch.randn(5, 6, dtype=torch.float64)
+    full = sds.ExactTrace(chunk_size=6)
+    _, div_full = full.divergence(fn, x)
+    saved = sds.ExactTrace()._saved_per_sample(fn, x)
+    assert saved >= 32 * 8  # at least the hidden activations are saved
+    tight = sds.ExactTrace(memory_budget=int(2.5 * 5 * (2 * saved + 2 * 6 * 8)))  # room for two vectors
+    assert tight.chunk_for(fn, x) == 2
+    _, div = tight.divergence(fn, x)
+    jac = torch.func.vmap(torch.func.jacrev(net))(x)
+    torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(div, div_full, rtol=1e-12, atol=1e-12)

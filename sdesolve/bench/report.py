@@ -317,11 +317,12 @@ def write(results: dict, out) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results["analysis"] = analyse(results)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "pareto.png"}
-    with open(paths["json"], "w") as f:
-        json.dump(_plain(results), f, indent=1, allow_nan=False)
-    paths["md"].write_text(markdown(results))
+    from ..fileio import atomic_write
+    record, table = json.dumps(_plain(results), indent=1, allow_nan=False), markdown(results)
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(record))
+    atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(table))
     try:
-        plot(results, paths["png"])
+        atomic_write(paths["png"], lambda tmp: plot(results, tmp))
     except ImportError as e:  # the table and the record do not need matplotlib
         print(f"no plot: {e} (install matplotlib, the [plots] extra)")
         paths["png"] = None

@@ -116,8 +116,17 @@ def save_checkpoint(state: dict, directory) -> Path:
             torch.save(dict(state, format=FORMAT, digest=payload_digest(state)), f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk reaches torch.save as a RuntimeError
+            import shutil
+            try:
+                free = f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free there"
+            except OSError:
+                free = "free space unknown"
+            detail = (getattr(e, "strerror", None) or str(e).splitlines()[0]) if str(e) else type(e).__name__
+            raise CheckpointError(directory / LAST, f"could not be written ({detail}; {free}); the previous "
+                                                    f"checkpoints are unchanged") from None
         raise
     last = directory / LAST
     if last.exists():

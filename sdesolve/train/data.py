@@ -159,10 +159,19 @@ def _as_samples(a: np.ndarray, where: str) -> torch.Tensor:
 def load_array(path) -> torch.Tensor:
     """Samples from a .npy file, or from a .npz holding one array or one named x/images/data/arr_0."""
     path = Path(path)
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"{path}: not a .npy or .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable NumPy {path.suffix} array file (pickled or other data is never "
+                         f"loaded): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if path.suffix == ".npy":
-        return _as_samples(np.load(path, allow_pickle=False), str(path))
+        return _as_samples(loaded, str(path))
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        if not hasattr(loaded, "keys"):
+            raise ValueError(f"{path}: a .npz file must be a NumPy archive")
+        with loaded as z:
             keys = list(z.keys())
             key = keys[0] if len(keys) == 1 else next((k for k in _NPZ_KEYS if k in keys), None)
             if key is None:
