@@ -68,22 +68,35 @@ def toy_ckpt(tmp_path_factory):
 _EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('code ran')\nclass Net: pass\n"
 
 
-@pytest.mark.parametrize("name", ["evil_mod:Net", "this:Nope"])
-def test_checkpoint_cannot_import_a_module(toy_ckpt, tmp_path, name):
-    """A last.pt whose config names ``evil_mod:Net`` next to an ``evil_mod.py`` (or the standard
-    library's ``this``) must not import it under ``python -m sdesolve sample --checkpoint .``."""
-    marker = tmp_path / "ran.txt"
-    (tmp_path / "evil_mod.py").write_text(_EVIL.format(marker=str(marker)))
+def _crafted_checkpoint(toy_ckpt, directory, name):
     ckpt = load_checkpoint(toy_ckpt / LAST)
     state = {k: v for k, v in ckpt.items() if k not in ("format", "digest")}
     state["config"]["model"] = {"class": name, "args": {}}
-    save_checkpoint(state, tmp_path)
+    save_checkpoint(state, directory)  # with a valid digest: the class table alone must stop it
+
+
+def test_checkpoint_cannot_import_a_module(toy_ckpt, tmp_path):
+    """A last.pt whose config names ``evil_mod:Net``, next to an ``evil_mod.py``, must not import it
+    under ``python -m sdesolve sample --checkpoint .`` (which puts the working directory on the path)."""
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil_mod.py").write_text(_EVIL.format(marker=str(marker)))
+    _crafted_checkpoint(toy_ckpt, tmp_path, "evil_mod:Net")
     r = _cli("sample", "--checkpoint", ".", "--solver", "euler", "--steps", "2", "--n", "2", "--out", "s.npy",
              cwd=tmp_path)
     assert not marker.exists(), "a module named in the checkpoint was imported"
-    assert "Zen of Python" not in r.stdout  # `this` prints it on import
     assert r.returncode != 0 and "not one of sdesolve's own classes" in r.stderr, r.stderr
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_checkpoint_cannot_import_the_standard_library(toy_ckpt, tmp_path, capsys):
+    """``this:Nope`` would import the standard library's ``this`` (which prints the Zen of Python)."""
+    _crafted_checkpoint(toy_ckpt, tmp_path, "this:Nope")
+    had = "this" in sys.modules
+    rc, msg = _main("sample", "--checkpoint", tmp_path, "--solver", "euler", "--steps", "2", "--n", "2",
+                    "--out", tmp_path / "s.npy")
+    assert rc != 0 and "not one of sdesolve's own classes" in msg
+    assert had or "this" not in sys.modules
+    assert "Zen of Python" not in capsys.readouterr().out
 
 
 def test_mnist_cannot_be_swapped_from_the_working_directory(tmp_path):
@@ -300,3 +313,191 @@ def test_exact_trace_chunks_from_the_budget_and_agrees():
     jac = torch.func.vmap(torch.func.jacrev(net))(x)
     torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(div, div_full, rtol=1e-12, atol=1e-12)
+
+
+# --- the command line: one-line errors, non-zero exit, nothing lost ------------------------------------------
+def _one_line_error(r, *needles):
+    lines = [ln for ln in r.stderr.strip().splitlines() if "Warning" not in ln and not ln.startswith("  ")]
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _main(*args):
+    """The CLI in this process (cheaper than a subprocess): (exit code, message)."""
+    from sdesolve import cli
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:
+        return (e.code if isinstance(e.code, int) else 1), (e.code if isinstance(e.code, str) else "")
+    return rc, ""
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--seed", "-1"), ("--batch", "0"), ("--batch", "-1"),
+                                        ("--n", "-3"), ("--threads", "-2"), ("--nfe", "0")])
+def test_cli_sample_counts_validated(toy_ckpt, tmp_path, flag, value, capsys):
+    rc, _ = _main("sample", "--checkpoint", toy_ckpt, "--solver", "euler", "--steps", "2", "--n", "4",
+                  "--out", tmp_path / "s.npy", flag, value)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"argument {flag}" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--batch-size", "0"), ("--ckpt-every", "-5"),
+                                        ("--n-data", "0"), ("--seed", "-1")])
+def test_cli_train_counts_validated(tmp_path, flag, value, capsys):
+    rc, _ = _main("train", "--data", "gmm2d", "--out", tmp_path / "run", flag, value)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"argument {flag}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_device_cuda_without_cuda(toy_ckpt, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    rc, msg = _main("sample", "--checkpoint", toy_ckpt, "--device", "cuda", "--out", tmp_path / "s.npy")
+    assert rc != 0 and "no CUDA device" in msg
+
+
+@pytest.mark.parametrize("case", ["nan", "empty", "pickle", "text"])
+def test_cli_bad_data_files(tmp_path, case):
+    f = tmp_path / "data.npy"
+    if case == "nan":
+        x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+        x[7, 1] = np.nan
+        np.save(f, x)
+        want = "NaN or Inf"
+    elif case == "empty":
+        np.save(f, np.zeros((0, 2), np.float32))
+        want = "no samples"
+    elif case == "pickle":
+        np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        want = "not a readable NumPy"
+    else:
+        f.write_text("1,2\n3,4\n")
+        want = "not a readable NumPy"
+    rc, msg = _main("train", "--data", f, "--steps", "1", "--out", tmp_path / "run", "--quiet")
+    assert rc != 0 and want in msg and str(f) in msg, msg
+    assert "\n" not in msg
+
+
+def test_cli_out_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    rc, msg = _main("train", "--data", "gmm2d", "--steps", "1", "--out", tmp_path / "taken", "--quiet")
+    assert rc != 0 and "is a file" in msg
+    rc, msg = _main("sample", "--checkpoint", tmp_path, "--out", tmp_path / "taken" / "s.npy")
+    assert rc != 0
+
+
+def test_cli_out_read_only(toy_ckpt, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        probe = ro / "probe"
+        try:
+            probe.write_text("")
+            probe.unlink()
+            pytest.skip("this user can write in a read-only folder (root)")
+        except OSError:
+            pass
+        rc, msg = _main("sample", "--checkpoint", toy_ckpt, "--solver", "euler", "--steps", "2", "--n", "2",
+                        "--out", ro / "s.npy")
+        assert rc != 0 and "cannot write" in msg
+    finally:
+        ro.chmod(0o755)
+
+
+def _limited(limit_bytes):
+    """preexec_fn: writes past ``limit_bytes`` fail with EFBIG (as on a full disk) instead of a signal."""
+    def setup():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return setup
+
+
+def _disk_full_after(n_bytes):
+    """A write function that puts ``n_bytes`` on disk and then fails as a full disk does."""
+    import errno
+
+    def write(f, *args, **kwargs):
+        f.write(b"\x93NUMPY partial"[:n_bytes])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return write
+
+
+def test_cli_sample_full_disk_keeps_the_old_file(toy_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "s.npy"
+    good = np.arange(6.0).reshape(3, 2)
+    np.save(out, good)
+    monkeypatch.setattr(np, "save", _disk_full_after(8))
+    rc, msg = _main("sample", "--checkpoint", toy_ckpt, "--solver", "euler", "--steps", "2", "--n", "4", "--out", out)
+    monkeypatch.undo()
+    assert rc != 0 and "could not write" in msg and "unchanged" in msg and "\n" not in msg, msg
+    np.testing.assert_array_equal(np.load(out), good)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+
+
+def test_cli_train_full_disk_is_one_line_and_keeps_checkpoints(toy_ckpt, tmp_path, monkeypatch):
+    """torch.save on a full disk raises "[enforce fail at inline_container.cc:672] unexpected pos"."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(toy_ckpt, run)
+    before = (run / LAST).read_bytes()
+
+    def full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    rc, msg = _main("train", "--out", run, "--resume", "--steps", "4", "--quiet")
+    monkeypatch.undo()
+    assert rc != 0 and "could not be written" in msg and "free there" in msg and "\n" not in msg, msg
+    assert (run / LAST).read_bytes() == before and sorted(p.name for p in run.iterdir()) == [LAST, PREV]
+
+
+@pytest.mark.slow
+def test_cli_train_real_file_size_limit_is_one_line(tmp_path):
+    """The same through a real failing write: a file-size limit (EFBIG) in a fresh process."""
+    data = tmp_path / "gmm.npy"
+    np.save(data, gmm2d(500, torch.Generator().manual_seed(0)).numpy())
+    common = ["-m", "sdesolve", "train", "--data", str(data), "--hidden", "16", "--depth", "1", "--batch-size", "32",
+              "--ckpt-every", "2", "--quiet", "--out", str(tmp_path / "run")]
+    r = subprocess.run([sys.executable, *common, "--steps", "2"], cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    before = (tmp_path / "run" / LAST).read_bytes()
+    r = subprocess.run([sys.executable, *common, "--steps", "4", "--resume"], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=300, preexec_fn=_limited(len(before) // 2))
+    _one_line_error(r, "could not be written")
+    assert (tmp_path / "run" / LAST).read_bytes() == before
+
+
+def test_cli_resume_with_fewer_steps_says_so(toy_ckpt, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(toy_ckpt, run)
+    rc, msg = _main("train", "--out", run, "--resume", "--steps", "1", "--quiet")
+    assert rc != 0 and "already at step 2" in msg and "--steps 1" in msg
+
+
+@pytest.mark.parametrize("spec", ["predictorcorrector", "predictorcorrector:corrector=langevin,snr=0.1,n_steps=2",
+                                  "predictorcorrector:predictor=eulermaruyama,expected_norms=false",
+                                  "rungekutta:tableau=rk4", "rungekutta:tableau=bosh3"])
+def test_cli_solver_specs(spec):
+    from sdesolve.cli import solver_from_spec
+    solver = solver_from_spec(spec)
+    p = sds.VPSDE()
+    y = sds.sample(p, GM2.score(p), solver, shape=(3, 2), steps=3, seed=0).y
+    assert torch.isfinite(y).all()
+    if spec.startswith("predictorcorrector:corrector"):
+        assert solver.corrector.snr == 0.1 and solver.corrector.n_steps == 2
+
+
+def test_cli_every_listed_solver_builds_from_its_name():
+    from sdesolve.cli import TABLE, solver_from_spec
+    for name in TABLE["solver"]:
+        spec = name + (":tableau=heun" if name == "rungekutta" else "")
+        assert isinstance(solver_from_spec(spec), sds.Solver), name
