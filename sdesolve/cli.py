@@ -612,7 +612,10 @@ def _add_sample(sub):
     p.add_argument("--nfe", type=_count, default=1000, help="about this many model evaluations per sample")
     p.add_argument("--steps", type=_count, help="solver steps (overrides --nfe)")
     p.add_argument("--n", type=_count, default=64, help="number of samples")
-    p.add_argument("--batch", type=_count, default=1000, help="samples per batch (results do not depend on it)")
+    p.add_argument("--batch", type=_count, default=1000,
+                   help="samples per batch (results do not depend on it, to rounding; except adaptivesde with a "
+                        "float32 model, where the model's batch-dependent rounding can flip an accept/reject "
+                        "decision and make a few samples different draws)")
     p.add_argument("--seed", type=_natural, default=0)
     p.add_argument("--out", required=True, help=".npy for arrays (data space), .png for an image grid")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")

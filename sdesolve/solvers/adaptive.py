@@ -277,6 +277,17 @@ class AdaptiveSDE(Solver):
     Additive noise only (the stochastic Heun scheme converges to the Ito solution only there);
     the reverse SDEs of VP, sub-VP, VE and EDM are additive. The state is x'_prev. Two drift
     evaluations per attempt.
+
+    Batch size: every decision is per sample, but the *model's* output is not bit-identical across
+    batch sizes (a network's matmuls round differently for different batch shapes, ~1e-7 relative in
+    float32, ~1e-16 in float64). This step-size law (no growth limit, exponent 0.9) amplifies such a
+    difference in the error estimate from step to step (measured on a random float64 network: 1e-16
+    at the first step, 1e-10 in the step size after 80 steps). In float32 it reaches an accept/reject
+    decision: the sample's attempt counter then differs, every later Brownian increment is drawn at
+    other counters, and the sample is a different (equally valid) draw. So with a float32 network a
+    few samples may differ completely between ``--batch`` sizes; in float64 (``dtype=torch.float64``
+    and a float64 model) the decisions hold and the samples agree within the tolerance. Fixed-step
+    solvers and the adaptive ODE solvers are batch-invariant to rounding in either precision.
     """
 
     order = 1.0          # strong order of the propagated solution for additive noise
