@@ -76,20 +76,46 @@ class Score:
         return cls(model, process, "score", time_label, **kw)
 
     @classmethod
-    def from_eps(cls, model, process, time_label=labels.continuous, **kw):
-        return cls(model, process, "eps", time_label, **kw)
+    def from_eps(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+                 **kw):
+        """A noise-prediction model. ``check=True`` (default) probes the model once, before its
+        first use (see below); ``check=False`` skips it."""
+        return cls._adapter(model, process, "eps", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_x0(cls, model, process, time_label=labels.continuous, **kw):
-        return cls(model, process, "x0", time_label, **kw)
+    def from_x0(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+                **kw):
+        """A data-prediction model (first-use check as :meth:`from_eps`)."""
+        return cls._adapter(model, process, "x0", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_v(cls, model, process, time_label=labels.continuous, **kw):
-        return cls(model, process, "v", time_label, **kw)
+    def from_v(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+               **kw):
+        """A v-prediction model (first-use check as :meth:`from_eps`)."""
+        return cls._adapter(model, process, "v", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_denoiser(cls, model, process, time_label=labels.sigma, **kw):
-        return cls(model, process, "denoiser", time_label, **kw)
+    def from_denoiser(cls, model, process, time_label=labels.sigma, *, check: bool = True, check_tol: float = 0.5,
+                      **kw):
+        """A denoiser D(x, sigma) (first-use check as :meth:`from_eps`)."""
+        return cls._adapter(model, process, "denoiser", time_label, check, check_tol, kw)
+
+    @classmethod
+    def _adapter(cls, model, process, kind, time_label, check, check_tol, kw):
+        """The first-use model check is the one of the external adapters
+        (:class:`sdesolve.external.ExternalScore`, :func:`sdesolve.external.check_model`): on the
+        first call, before anything is computed, the model is probed on a small batch of pure noise
+        at t = T and at a middle noise level (a handful of extra model calls on at most 64 samples,
+        once), and a model whose parametrization, time label or input scale does not fit (a
+        VE-style eps model on a VP process, an x0 model declared as eps) raises
+        :class:`~sdesolve.external.ModelCheckError` instead of sampling noise silently."""
+        if not check:
+            return cls(model, process, kind, time_label, **kw)
+        from torch import nn
+
+        from .external import ExternalScore
+        return ExternalScore(model, process, kind, time_label, model=model if isinstance(model, nn.Module) else None,
+                             check=True, check_tol=check_tol, **kw)
 
     # the model call --------------------------------------------------------------------------
     def _process(self, process):

@@ -548,7 +548,7 @@ ADAPTIVE_FAMILIES = [sds.Bosh3(1e-4, 1e-4), sds.Dopri5(1e-4, 1e-4), sds.Tsit5(1e
 def _split_runs(solver, dtype, steps):
     torch.manual_seed(0)
     p = sds.VPSDE()
-    score = sds.Score.from_eps(_RandomNet().to(dtype), p)
+    score = sds.Score.from_eps(_RandomNet().to(dtype), p, check=False)  # a random net fails the check
     n = 12
     kw = dict(steps=steps, seed=7, dtype=dtype)
     full = sds.sample(p, score, solver, shape=(n, 8), **kw)
@@ -574,3 +574,40 @@ def test_adaptive_batch_invariance_on_a_network_in_float64(solver):
     assert torch.equal(acc, full.stats.accepted) and torch.equal(rej, full.stats.rejected)
     tol = 1e-8 if not solver.stochastic else solver.atol
     torch.testing.assert_close(y, full.y, rtol=tol, atol=tol)
+
+
+# --- first-use model check of Score.from_* -----------------------------------------------------------------------
+def _ve_eps_model(x, label):
+    """An eps model trained on VE (sigma_max = 50): at its T the input is 50 z, so it returns x / 50."""
+    return x / 50.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: sds.Score.from_eps(_ve_eps_model, p),
+    lambda p: sds.Score.from_x0(lambda x, lbl: x, p),           # a noise-following "x0" model
+    lambda p: sds.Score.from_v(lambda x, lbl: -x, p),
+    lambda p: sds.Score.from_denoiser(lambda x, sigma: x, p),
+], ids=["eps-ve-on-vp", "x0", "v", "denoiser"])
+def test_score_adapters_check_the_model_on_first_use(make):
+    from sdesolve.external import ModelCheckError
+    p = sds.VPSDE()
+    with pytest.raises(ModelCheckError, match="check=False"):
+        sds.sample(p, make(p), sds.Euler(), shape=(4, 2), steps=2, seed=0)
+
+
+def test_score_adapter_check_passes_a_right_model_and_can_be_skipped():
+    p = sds.VPSDE()
+    exact = GM2.score(p)
+    calls = [0]
+
+    def eps_model(x, t):
+        calls[0] += 1
+        return -p.sigma(t).to(x.dtype)[:, None] * exact(x, t)
+
+    a = sds.sample(p, sds.Score.from_eps(eps_model, p), sds.Euler(), shape=(4, 2), steps=3, seed=0).y
+    checked = calls[0]
+    calls[0] = 0
+    b = sds.sample(p, sds.Score.from_eps(eps_model, p, check=False), sds.Euler(), shape=(4, 2), steps=3, seed=0).y
+    assert torch.equal(a, b) and calls[0] == 3 and 3 < checked <= 3 + 4
+    bad = sds.Score.from_eps(_ve_eps_model, p, check=False)  # skipped: samples (wrongly) without a word
+    assert torch.isfinite(sds.sample(p, bad, sds.Euler(), shape=(4, 2), steps=2, seed=0).y).all()
