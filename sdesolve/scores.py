@@ -108,7 +108,9 @@ class Score:
         at t = T and at a middle noise level (a handful of extra model calls on at most 64 samples,
         once), and a model whose parametrization, time label or input scale does not fit (a
         VE-style eps model on a VP process, an x0 model declared as eps) raises
-        :class:`~sdesolve.external.ModelCheckError` instead of sampling noise silently."""
+        :class:`~sdesolve.external.ModelCheckError` instead of sampling noise silently. The check
+        reads its figures on the host once; to keep a fixed-step loop free of host synchronisation
+        (CUDA graphs), run it beforehand with ``score.check(sample_shape, device, dtype)``."""
         if not check:
             return cls(model, process, kind, time_label, **kw)
         from torch import nn

@@ -329,6 +329,7 @@ def test_fixed_step_loops_make_no_host_sync(solver, process, no_host_sync):
     """Each solver's default grid (EDMHeun's ends at sigma = 0), the last step without noise and
     every state saved: the loop runs through without reading a device value on the host."""
     score = sds.Score.from_x0(lambda x, t: GM.score(process).denoised_of(x, t, process), process)
+    score.check((2,), dtype=torch.float32)  # the first-use model check reads values on the host: run it first
     sol = sds.sample(process, score, solver, shape=(6, 2), steps=30, seed=0, final_noise=False, save_at=True)
     assert no_host_sync == [1]
     assert sol.ys.shape == (31, 6, 2) and torch.isfinite(sol.y).all()
