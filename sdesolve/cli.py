@@ -32,6 +32,8 @@ import torch
 import sdesolve
 from .paths import CosinePath, RectifiedFlow
 from .processes import EDM, SubVPSDE, VESDE, VPSDE
+from .fileio import WriteError, atomic_write
+from .solvers import tableaus as _tab
 from .solvers.base import Solver
 from .train import data as datasets
 from .train.checkpoint import CheckpointError, find_checkpoint, load_trained, LAST, PREV
@@ -88,6 +90,9 @@ TABLE = {
              "cfm": ConditionalFlowMatching, "ot-cfm": OTConditionalFlowMatching},
     "param": {"eps": EpsPrediction, "score": ScorePrediction, "x0": X0Prediction, "v": VPrediction},
     "solver": _solvers(),
+    "corrector": {"langevin": sdesolve.Langevin},
+    "tableau": {"euler": _tab.EULER, "heun": _tab.HEUN, "midpoint": _tab.MIDPOINT, "rk4": _tab.RK4,
+                "bosh3": _tab.BOSH3, "dopri5": _tab.DOPRI5, "tsit5": _tab.TSIT5},
     "gmm": {"ring8": bench_problems.ring8, "gmm8d": bench_problems.gmm8d},
     "peer": {"kdiffusion": bench_peers.KDiffusion, "diffusers-ddim": bench_peers.Diffusers.ddim,
              "diffusers-dpmsolvermultistep": bench_peers.Diffusers.dpm_solver_multistep,
@@ -99,6 +104,32 @@ TABLE = {
     "features": {"digits": DigitsClassifierFeatures, "mnist": MnistClassifierFeatures},
     "trace": {"exact": ExactTrace, "hutchinson": Hutchinson},
 }
+
+
+def _whole(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be a whole number {what}, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type of a count: an integer >= 1 (0 and negatives are errors, not defaults)."""
+    return _whole(text, 1, ">= 1")
+
+
+def _natural(text: str) -> int:
+    return _whole(text, 0, ">= 0")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (prog: error: message) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _pick(kind: str, name: str):
@@ -125,7 +156,11 @@ def parse_value(text: str):
 def solver_from_spec(spec: str) -> Solver:
     """A solver object from ``name`` or ``name:key=value,key=value`` (name: class name, any case).
     A value that names a solver becomes that solver with its defaults:
-    ``predictorcorrector:predictor=reversediffusion``."""
+    ``predictorcorrector:predictor=reversediffusion``. ``predictorcorrector`` alone is
+    ReverseDiffusion + Langevin; the corrector's arguments go in the same list
+    (``predictorcorrector:predictor=eulermaruyama,corrector=langevin,snr=0.1,n_steps=2``).
+    ``rungekutta:tableau=NAME`` takes a tableau by name (euler, heun, midpoint, rk4, bosh3, dopri5,
+    tsit5)."""
     name, _, rest = spec.partition(":")
     cls = _pick("solver", name.strip())
     kwargs = {}
@@ -137,6 +172,27 @@ def solver_from_spec(spec: str) -> Solver:
         if isinstance(value, str) and value.lower() in TABLE["solver"]:
             value = solver_from_spec(value)
         kwargs[key.strip()] = value
+    if cls is sdesolve.PredictorCorrector:
+        corrector_keys = set(inspect.signature(sdesolve.Langevin).parameters)
+        corrector_args = {k: kwargs.pop(k) for k in list(kwargs) if k in corrector_keys}
+        corrector = kwargs.get("corrector", "langevin")
+        if not isinstance(corrector, str):
+            raise SystemExit(f"sdesolve: corrector in {spec!r} must name a corrector "
+                             f"({', '.join(sorted(TABLE['corrector']))})")
+        try:
+            kwargs["corrector"] = _pick("corrector", corrector)(**corrector_args)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"sdesolve: cannot build the corrector of {spec!r}: {e}") from None
+        kwargs.setdefault("predictor", TABLE["solver"]["reversediffusion"]())
+        if not isinstance(kwargs["predictor"], Solver):
+            raise SystemExit(f"sdesolve: predictor in {spec!r} must name a solver, got {kwargs['predictor']!r}")
+    if cls is sdesolve.RungeKutta:
+        tableau = kwargs.get("tableau")
+        if isinstance(tableau, sdesolve.RungeKutta):  # "rk4" also names the solver built on that tableau
+            tableau = type(tableau).__name__.lower()
+        if not isinstance(tableau, str):
+            raise SystemExit(f"sdesolve: rungekutta needs tableau=NAME, one of {', '.join(TABLE['tableau'])}")
+        kwargs["tableau"] = _pick("tableau", tableau)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -162,7 +218,19 @@ def _load_data(source: str, n: int, seed: int) -> tuple[torch.Tensor, str]:
     if not path.exists():
         raise SystemExit(f"sdesolve: --data {source!r} is neither a dataset ({', '.join(sorted(TABLE['data']))}) "
                          f"nor an existing file or folder")
-    return datasets.load_path(path), str(path.resolve())
+    try:
+        x = datasets.load_path(path)
+    except (ValueError, OSError, EOFError, ImportError) as e:
+        raise SystemExit(f"sdesolve: --data {source}: {e}") from None
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise SystemExit(f"sdesolve: --data {source}: holds no samples (shape {tuple(x.shape)})")
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            raise SystemExit(f"sdesolve: --data {source}: NaN or Inf values in {len(rows)} samples "
+                             f"(first: {rows[:5]})")
+    return x, str(path.resolve())
 
 
 def _unet_defaults(resolution: int) -> dict:
@@ -238,6 +306,7 @@ def cmd_train(args) -> int:
         raise SystemExit(f"sdesolve train: {out} already holds a checkpoint; pass --resume to continue it "
                          f"or choose another --out")
 
+    _check_writable_dir(out, "train: --out")
     cfg = TrainConfig.from_dict(ckpt["config"]["train"]) if ckpt else TrainConfig()
     updates = {field: getattr(args, a) for a, field in _TRAIN_FIELDS.items() if getattr(args, a) is not None}
     cfg = TrainConfig.from_dict({**cfg.as_dict(), **updates})
@@ -273,6 +342,12 @@ def cmd_train(args) -> int:
             trainer.resume(ckpt_file)
         except CheckpointError as e:
             raise SystemExit(f"sdesolve train: {e}") from None
+        if trainer.step > cfg.steps:
+            raise SystemExit(f"sdesolve train: {ckpt_file} is already at step {trainer.step}, past --steps "
+                             f"{cfg.steps}: nothing to train (give --steps above {trainer.step} to continue)")
+        if trainer.step == cfg.steps:
+            print(f"train: {ckpt_file} is already at step {trainer.step} = --steps; nothing to train", flush=True)
+            return 0
 
     def on_checkpoint(step, path):
         if args.stop_after is not None and step >= args.stop_after:
@@ -368,6 +443,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".png"):
         raise SystemExit(f"sdesolve sample: --out {out} must end in .npy (arrays) or .png (an image grid)")
+    _check_writable_dir(out.parent, "sample: --out")
     images = len(trained.sample_shape) == 3
     if out.suffix == ".png" and not images:
         raise SystemExit(f"sdesolve sample: samples of shape {trained.sample_shape} are not images; use .npy")
@@ -394,13 +470,17 @@ def cmd_sample(args) -> int:
     if rank != 0:
         bdist.finish()
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         import numpy as np
-        np.save(out, y.numpy())
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, y.numpy())
+        atomic_write(out, write)
     else:
         rng = trained.scaling.data_range or (float(y.min()), float(y.max()))
-        save_image_grid(y, out, data_range=rng, upscale=max(1, 64 // trained.sample_shape[-1]))
+        atomic_write(out, lambda tmp: save_image_grid(y, tmp, data_range=rng,
+                                                      upscale=max(1, 64 // trained.sample_shape[-1])))
     print(f"sampled {args.n} x {tuple(trained.sample_shape)} with {type(solver).__name__} "
           f"({'adaptive' if steps is None else f'{steps} steps'}, {nfe} model calls"
           f"{f' on {world} processes' if world > 1 else ''}) in {wall:.1f} s -> {out}")
@@ -726,34 +806,34 @@ def _add_likelihood(sub):
 def _add_train(sub):
     p = sub.add_parser("train", help="train a score network", description=cmd_train.__doc__)
     p.add_argument("--data", help=f"a dataset ({', '.join(TABLE['data'])}) or a .npy/.npz file or image folder")
-    p.add_argument("--n-data", type=int, help="points drawn for a 2-D toy dataset (default 20000)")
+    p.add_argument("--n-data", type=_count, help="points drawn for a 2-D toy dataset (default 20000)")
     p.add_argument("--model", choices=sorted(TABLE["model"]), help="default: unet for images, mlp otherwise")
     p.add_argument("--process", choices=sorted(TABLE["process"]), help="default: vp (rectified-flow for cfm, ot-cfm)")
     p.add_argument("--loss", choices=sorted(TABLE["loss"]), help="default: dsm")
     p.add_argument("--param", choices=sorted(TABLE["param"]), help="network output (default eps; not for --loss edm)")
     p.add_argument("--sigma-data", type=float, help="EDM's sigma_data (default: the scaled data's std)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 128)")
+    p.add_argument("--steps", type=_count, help="optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=_count, help="global batch size (default 128)")
     p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
-    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps (default 100)")
+    p.add_argument("--warmup", type=_natural, help="linear learning-rate warm-up steps (default 100)")
     p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default 1)")
     p.add_argument("--ema", type=float, help="EMA decay (default 0.999, with warm-up)")
-    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (default 500) and at the end")
-    p.add_argument("--seed", type=int, help="seed of the initialization, data sampling and noise (default 0)")
+    p.add_argument("--ckpt-every", type=_count, help="checkpoint every N steps (default 500) and at the end")
+    p.add_argument("--seed", type=_natural, help="seed of the initialization, data sampling and noise (default 0)")
     p.add_argument("--out", required=True, help="checkpoint directory (last.pt, prev.pt)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue from --out's checkpoint, or from CKPT (a file or directory)")
-    p.add_argument("--hidden", type=int, help="MLP width (default 128)")
-    p.add_argument("--depth", type=int, help="MLP residual blocks (default 3)")
-    p.add_argument("--channels", type=int, help="U-Net base channels")
+    p.add_argument("--hidden", type=_count, help="MLP width (default 128)")
+    p.add_argument("--depth", type=_count, help="MLP residual blocks (default 3)")
+    p.add_argument("--channels", type=_count, help="U-Net base channels")
     p.add_argument("--mult", help="U-Net channel multipliers per level, e.g. 1,2,2")
-    p.add_argument("--blocks", type=int, help="U-Net residual blocks per level")
+    p.add_argument("--blocks", type=_count, help="U-Net residual blocks per level")
     p.add_argument("--attn", help="U-Net resolutions with self-attention, e.g. 2 or 8,4 ('' for none)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or header line")
-    p.add_argument("--stop-after", type=int, metavar="STEP",
+    p.add_argument("--stop-after", type=_natural, metavar="STEP",
                    help="exit abruptly (os._exit, as a crash) after the first checkpoint at or past STEP")
     p.set_defaults(func=cmd_train)
 
@@ -774,15 +854,18 @@ def _add_sample(sub):
     p.add_argument("--solver", default="eulermaruyama",
                    help=f"solver class name with optional args, e.g. dpmsolverpp:order=3 "
                         f"(one of {', '.join(sorted(TABLE['solver']))})")
-    p.add_argument("--nfe", type=int, default=1000, help="about this many model evaluations per sample")
-    p.add_argument("--steps", type=int, help="solver steps (overrides --nfe)")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--batch", type=int, default=1000, help="samples per batch (results do not depend on it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nfe", type=_count, default=1000, help="about this many model evaluations per sample")
+    p.add_argument("--steps", type=_count, help="solver steps (overrides --nfe)")
+    p.add_argument("--n", type=_count, default=64, help="number of samples")
+    p.add_argument("--batch", type=_count, default=1000,
+                   help="samples per batch (results do not depend on it, to rounding; except adaptivesde with a "
+                        "float32 model, where the model's batch-dependent rounding can flip an accept/reject "
+                        "decision and make a few samples different draws)")
+    p.add_argument("--seed", type=_natural, default=0)
     p.add_argument("--out", required=True, help=".npy for arrays (data space), .png for an image grid")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--schedule", help="a grid file (sdesolve schedule --out): sample on these times")
     p.set_defaults(func=cmd_sample)
 
@@ -808,12 +891,12 @@ def _add_bench(sub):
                    help=f"auto (k-diffusion euler/heun/dpmpp_2m, diffusers DPM-Solver++, torchdiffeq dopri5, "
                         f"torchsde euler), none, or specs like kdiffusion:dpmpp_2m "
                         f"(libraries: {', '.join(sorted(TABLE['peer']))})")
-    p.add_argument("--n", type=int, default=1000, help="samples per row (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1000,
+    p.add_argument("--n", type=_count, default=1000, help="samples per row (default 1000)")
+    p.add_argument("--seed", type=_natural, default=0)
+    p.add_argument("--batch-size", type=_count, default=1000,
                    help="samples per batch (sdesolve rows do not depend on it; torchdiffeq/torchsde rows do)")
-    p.add_argument("--warmup", type=int, default=8, help="samples of each row's untimed warm-up run (0: none)")
-    p.add_argument("--reference-n", type=int, default=10000, help="exact samples of the mixture to compare with")
+    p.add_argument("--warmup", type=_natural, default=8, help="samples of each row's untimed warm-up run (0: none)")
+    p.add_argument("--reference-n", type=_count, default=10000, help="exact samples of the mixture to compare with")
     p.add_argument("--reference-images", help="held-out images for a checkpoint whose data set has no known split")
     p.add_argument("--inception", help="pt_inception-2015-12-05 weights file: adds FID (and KID in its features)")
     p.add_argument("--metrics", help="metrics to compute: fd,kid for images (default both); sw,mmd,energy for "
@@ -834,7 +917,7 @@ def _add_bench(sub):
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, help="directory for results.json, results.md, pareto.png")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--optimized-grids", default="",
                    help="add rows with grids optimized per solver and NFE: dp, learned or dp,learned")
@@ -844,7 +927,7 @@ def _add_bench(sub):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdesolve", description="Score-based diffusion: train and sample.")
+    parser = _Parser(prog="sdesolve", description="Score-based diffusion: train and sample.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
@@ -854,12 +937,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_writable_dir(directory: Path, what: str) -> None:
+    """Refuse up front (before any work) a folder that is a file or cannot be written."""
+    import tempfile
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SystemExit(f"sdesolve {what}: {directory} is a file, not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise SystemExit(f"sdesolve {what}: cannot write in {directory}: {e.strerror or e}") from None
+
+
+def _check_device(args) -> None:
+    name = getattr(args, "device", None)
+    if not name:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"sdesolve {args.command}: --device {name!r} is not a torch device: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"sdesolve {args.command}: --device {name}: no CUDA device is available "
+                             f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"sdesolve {args.command}: --device {name}: only {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    _check_device(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (CheckpointError, WriteError) as e:
+        raise SystemExit(f"sdesolve {args.command}: {e}") from None
 
 
 if __name__ == "__main__":

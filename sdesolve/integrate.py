@@ -63,6 +63,7 @@ from .noise import PRIOR_STEP, Noise
 from .solution import Solution, Stats
 from .tensors import per_sample
 from .timeplan import CONTROLLED, TimePlan, plan_times
+from .validation import check_interval, check_sample_args, check_seed
 
 __all__ = ["solve", "sample", "clear_cuda_graphs", "GRAPH_CACHE_SIZE", "GridRun", "ControlledRun"]
 
@@ -241,6 +242,11 @@ class ControlledRun:
                     raise NonFiniteError(f"non-finite drift at the start (t = {t0:.6g}) in samples {_fmt(samples)}",
                                          step=0, t=t0, samples=samples)
             habs = controller.initial_step(eq, self.t, y0, f0, t_end - self.t, solver.order)
+            if check_finite and not bool(torch.isfinite(habs).all()):  # the drift was NaN/Inf at t0 + h0
+                samples = torch.nonzero(~torch.isfinite(habs)).flatten().tolist()
+                raise NonFiniteError(f"{type(solver).__name__}: non-finite drift near the start (t = {t0:.6g}) in "
+                                     f"samples {_fmt(samples)}: the initial step size is not finite",
+                                     step=0, t=t0, samples=samples)
         else:
             habs = torch.full((B,), min(controller.dt0, abs(t1 - t0)), dtype=torch.float64, device=device)
         self.h = self.direction * habs
@@ -471,9 +477,12 @@ def solve(eq, y0: torch.Tensor, t0=None, t1=None, solver=None, *, steps: int | N
     solver.check(eq)
     B, device = y0.shape[0], y0.device
     if noise is None:
+        check_seed(seed)
         noise = Noise.from_seed(seed, B, device)
     adaptive = controller.adaptive if controller is not None else (solver.adaptive and steps is None
                                                                     and schedule is None)
+    if adaptive:
+        check_interval(eq, t0, t1)
     plan = plan_times(eq.process, t0, t1, steps=steps, schedule=schedule, adaptive=adaptive)
     eq.reset_counts()
     if adaptive:
@@ -504,6 +513,8 @@ def sample(process, score, solver, *, shape=None, x_T=None, steps: int | None = 
     solver, grid and shape (see :func:`solve`); reuse the same ``score`` object across calls for
     the capture to be reused.
     """
+    check_sample_args(process, shape, x_T, dtype, sample_offset, schedule)
+    check_seed(seed)
     eq = process.reverse(score) if solver.stochastic else process.probability_flow(score)
     if x_T is None:
         if shape is None:

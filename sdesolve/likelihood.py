@@ -50,16 +50,18 @@ so bits/dim = E_u[-log p_model(y)] / (D ln 2) - log2 a: 7 extra bits for [-1, 1]
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 
 from .equations import ODE
 from .errors import NonFiniteError, SolverError, _fmt
-from .noise import DEQUANTIZATION_STEP, PROBE_STEP, Noise, streams
 from .integrate import solve
+from .noise import DEQUANTIZATION_STEP, PROBE_STEP, Noise, streams
 from .solution import Stats
 from .timeplan import plan_times
+from .validation import check_seed
 
 __all__ = ["Trace", "ExactTrace", "Hutchinson", "LikelihoodResult", "log_likelihood", "BitsPerDim",
            "bits_per_dim", "pixel_levels", "dequantize", "PROBE_STEP", "DEQUANTIZATION_STEP"]
@@ -95,25 +97,93 @@ def _quadratic_forms(vjp_fn, vectors: torch.Tensor, chunk_size=None) -> torch.Te
     return (rows.reshape(P, B, -1) * vectors.reshape(P, B, -1)).sum(-1)
 
 
+def _available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: the CUDA allocator's free memory, or the
+    machine's MemAvailable (Linux) / available physical pages."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**28 else f"{n / 2**20:.3g} MiB"
+
+
 class ExactTrace(Trace):
     """tr J = sum_i e_i^T J e_i: D vector-Jacobian products, batched with ``torch.func.vmap``
-    over the basis (``chunk_size`` bounds how many run at once; None: all D). Exact, and D times
-    the backward cost of one Hutchinson probe: for small dimensions."""
+    over the basis, ``chunk_size`` of them at a time. Exact, and D times the backward cost of
+    one Hutchinson probe: for small dimensions.
 
-    def __init__(self, chunk_size: int | None = None):
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    ``chunk_size=None`` (default) chooses it from a memory budget: ``memory_budget`` bytes, by
+    default half of the memory available on x's device when the first call is made. The cost of
+    one basis vector for a batch of B is estimated as B (2 S + 2 D b), with S the bytes autograd
+    saves per sample in a forward pass (measured once per sample shape, dtype and device by one
+    extra call of the vector field on the batch, counting the saved tensors) and b the dtype's
+    size. When a single basis vector does not fit the budget, the call is refused up front with
+    both figures, rather than left to the operating system's out-of-memory killer. Chunks never
+    hold the full (D, B, D) Jacobian: each chunk's diagonal entries are summed as it is done."""
+
+    def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None):
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                       or chunk_size < 1):
             raise ValueError(f"ExactTrace: chunk_size must be a positive integer or None, got {chunk_size!r}")
-        self.chunk_size = chunk_size
+        if memory_budget is not None and not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+            raise ValueError(f"ExactTrace: memory_budget must be a positive number of bytes or None, got "
+                             f"{memory_budget!r}")
+        self.chunk_size, self.memory_budget = chunk_size, memory_budget
+        self._saved = {}  # (sample shape, dtype, device) -> bytes autograd saves per sample
+
+    def _saved_per_sample(self, fn, x) -> int:
+        key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+        if key not in self._saved:
+            total = [0]
+
+            def pack(t):
+                total[0] += t.numel() * t.element_size()
+                return t
+
+            xr = x.detach().clone().requires_grad_(True)  # fn may close over per-sample times: whole batch
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                fn(xr)
+            self._saved[key] = -(-total[0] // x.shape[0])
+        return self._saved[key]
+
+    def chunk_for(self, fn, x) -> int:
+        """The number of basis vectors run at once for ``fn`` at ``x`` (see the class doc)."""
+        B, D = x.shape[0], x[0].numel()
+        if self.chunk_size is not None:
+            return min(self.chunk_size, D)
+        budget = self.memory_budget if self.memory_budget is not None else _available_memory(x.device) // 2
+        per_vector = B * (2 * self._saved_per_sample(fn, x) + 2 * D * x.element_size())
+        if per_vector > budget:
+            raise MemoryError(f"ExactTrace: one basis vector of the trace needs about {_gib(per_vector)} for a "
+                              f"batch of {B} samples of dimension {D}, more than the memory budget of "
+                              f"{_gib(budget)}; use Hutchinson(), a smaller batch, or a larger memory_budget")
+        return int(max(1, min(D, budget // per_vector)))
 
     def divergence(self, fn, x, probes=None):
         B, D = x.shape[0], x[0].numel()
+        chunk = self.chunk_for(fn, x)
         out, vjp_fn = torch.func.vjp(fn, x)
-        basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:]).expand((D,) + x.shape)
-        if D == 1:
-            rows = vjp_fn(basis[0])[0].unsqueeze(0)
-        else:
-            rows = torch.func.vmap(vjp_fn, chunk_size=self.chunk_size)(basis)[0]
-        div = torch.diagonal(rows.reshape(D, B, D), dim1=0, dim2=2).sum(-1)
+        div = torch.zeros(B, dtype=out.dtype, device=x.device)
+        for lo in range(0, D, chunk):
+            idx = torch.arange(lo, min(D, lo + chunk), device=x.device)
+            c = idx.numel()
+            basis = torch.zeros((c, B, D), dtype=x.dtype, device=x.device)
+            basis[torch.arange(c, device=x.device), :, idx] = 1
+            basis = basis.reshape((c,) + x.shape)
+            rows = vjp_fn(basis[0])[0].unsqueeze(0) if c == 1 else torch.func.vmap(vjp_fn)(basis)[0]
+            div = div + rows.reshape(c, B, D)[torch.arange(c, device=x.device), :, idx].sum(0)
         return out, div
 
 
@@ -150,6 +220,25 @@ class Hutchinson(Trace):
 
 
 # --- the likelihood ----------------------------------------------------------------------------
+def check_differentiable(score, x: torch.Tensor, t: float) -> None:
+    """Raise if ``score`` does not let gradients through to x (a model that runs under
+    ``torch.no_grad()`` or detaches inside): the divergence would silently lose the score's part.
+
+    One extra score call on the first sample, with gradients enabled whatever the caller's mode;
+    the output must be connected to x in the autograd graph. (A network whose output layer is
+    zero is connected: its parameters are in the graph even when the Jacobian is zero.)"""
+    x1 = x[:1].detach().clone().requires_grad_(True)
+    t1 = torch.full((1,), float(t), dtype=torch.float64, device=x.device)
+    with torch.enable_grad():
+        out = score(x1, t1)
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        raise ValueError("log_likelihood: the score's output does not depend on x through autograd (the model "
+                         "runs under torch.no_grad() or detaches inside), so the divergence of the "
+                         "probability-flow drift cannot be computed and the log-density would be wrong; "
+                         "remove the no_grad/detach from the model (the caller may still wrap log_likelihood "
+                         "in torch.no_grad())")
+
+
 @dataclass
 class LikelihoodResult:
     """logp: (B,) log p_{t_min}(x) in nats; z: the latent x_T, shaped like x; prior_logp: (B,)
@@ -227,6 +316,7 @@ def log_likelihood(process, score, x: torch.Tensor, *, solver=None, trace: Trace
         raise ValueError(f"log_likelihood: noise for {len(noise)} samples given for a batch of {B}")
     if noise is None:  # an estimator that draws nothing leaves the global generator alone
         seed = 0 if seed is None and not trace.needs_probes else seed
+        check_seed(seed)
         noise = Noise(streams(seed, B, device=x.device)).at(PROBE_STEP)
     probes = trace.draw(noise, x) if trace.needs_probes else None
     base = 1.0 / torch.finfo(x.dtype).eps  # row r is stored as base + r, exact while r < base
@@ -234,6 +324,7 @@ def log_likelihood(process, score, x: torch.Tensor, *, solver=None, trace: Trace
         raise ValueError(f"log_likelihood: a batch of {B} is too large to index exactly in {x.dtype} "
                          f"(at most {int(base)} samples with probes); split it")
 
+    check_differentiable(score, x, t_min)
     pf = process.probability_flow(score)
     flags = {"drift": torch.zeros((), dtype=torch.bool, device=x.device),
              "div": torch.zeros((), dtype=torch.bool, device=x.device)}
@@ -354,6 +445,8 @@ class BitsPerDim:
     stderr: float
     offset: float
     nfe: int
+    #: images whose bits/dim is below 0, which no model of 8-bit data can give (see bits_per_dim)
+    below_zero: list = None
 
 
 def bits_per_dim(process, score, images: torch.Tensor, *, data_range=(-1.0, 1.0), dequantizations: int = 1,
@@ -367,6 +460,12 @@ def bits_per_dim(process, score, images: torch.Tensor, *, data_range=(-1.0, 1.0)
     to :func:`log_likelihood`; draw k's probes use the step ``PROBE_STEP + k``.
 
         bpd = E_u[-log p_model(lo + a (k + u))] / (D ln 2) - log2 a,   a = (hi - lo) / 256
+
+    Known bound: by Jensen this is at least -log2 P(k) / D >= 0 for every image (P(k) <= 1), so a
+    negative value is the solver's or the trace's error, not the model's quality (too few steps of a
+    fixed-step solver, a loose tolerance): the images concerned are listed in ``below_zero`` and a
+    ``UserWarning`` names them. (A single dequantization draw of an accurate likelihood is
+    negative only when the model puts more than unit mass on one pixel bin, which it cannot.)
     """
     if not isinstance(dequantizations, int) or isinstance(dequantizations, bool) or dequantizations < 1:
         raise ValueError(f"dequantizations must be an integer >= 1, got {dequantizations!r}")
@@ -376,6 +475,7 @@ def bits_per_dim(process, score, images: torch.Tensor, *, data_range=(-1.0, 1.0)
     lo, hi = _check_range(data_range)
     levels = pixel_levels(images, (lo, hi))
     B, D = levels.shape[0], levels[0].numel()
+    check_seed(seed)
     stream = streams(seed, B, device=levels.device)
     a = (hi - lo) / 256.0
     offset = -math.log2(a)
@@ -392,5 +492,11 @@ def bits_per_dim(process, score, images: torch.Tensor, *, data_range=(-1.0, 1.0)
     bpd = draws.mean(0)
     var = draws.var(0) if dequantizations > 1 else torch.full_like(bpd, float("nan"))
     stderr = float(bpd.std() / math.sqrt(B)) if B > 1 else float("nan")
+    below = torch.nonzero(bpd < 0).flatten().tolist()
+    if below:
+        import warnings
+        warnings.warn(f"bits_per_dim: images {_fmt(below)} have bits/dim below 0 (down to {float(bpd.min()):.3g}), "
+                      f"impossible for 8-bit data: the likelihood was not computed accurately (use more steps or "
+                      f"an adaptive solver with a tighter tolerance)", stacklevel=2)
     return BitsPerDim(bpd=bpd, draws=draws, mean=float(bpd.mean()), dequantization_var=var, stderr=stderr,
-                      offset=offset, nfe=nfe)
+                      offset=offset, nfe=nfe, below_zero=below)

@@ -38,12 +38,15 @@ any of the other predictions exactly, given the process.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from . import labels
+from .model_check import ModelCheck, _first_rows, _probe_batch, check_model
 from .tensors import per_sample
 
-__all__ = ["Score", "labels"]
+__all__ = ["Score", "ExternalScore", "labels"]
 
 
 class Score:
@@ -73,23 +76,27 @@ class Score:
         return cls(model, process, "score", time_label, **kw)
 
     @classmethod
-    def from_eps(cls, model, process, time_label=labels.continuous, **kw):
+    def from_eps(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+                 **kw):
         """A noise-prediction model (DDPM, score_sde's VP models): model(x_t, label(t)) = z_hat, the
-        estimate of z in x_t = alpha x_0 + sigma z; score = -z_hat / sigma."""
-        return cls(model, process, "eps", time_label, **kw)
+        estimate of z in x_t = alpha x_0 + sigma z; score = -z_hat / sigma. ``check=True`` (default)
+        probes the model once, before its first use (see :meth:`_adapter`); ``check=False`` skips it."""
+        return cls._adapter(model, process, "eps", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_x0(cls, model, process, time_label=labels.continuous, **kw):
+    def from_x0(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+                **kw):
         """A data-prediction model: model(x_t, label(t)) = x0_hat = E[x_0 | x_t];
-        score = (alpha x0_hat - x_t) / sigma^2 (Tweedie)."""
-        return cls(model, process, "x0", time_label, **kw)
+        score = (alpha x0_hat - x_t) / sigma^2 (Tweedie). First-use check as :meth:`from_eps`."""
+        return cls._adapter(model, process, "x0", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_v(cls, model, process, time_label=labels.continuous, **kw):
+    def from_v(cls, model, process, time_label=labels.continuous, *, check: bool = True, check_tol: float = 0.5,
+               **kw):
         """A v-prediction model (Salimans & Ho 2022; diffusers' ``prediction_type="v_prediction"``):
         model(x_t, label(t)) = v_hat = alpha z - sigma x_0; x0_hat = (alpha x_t - sigma v_hat) /
-        (alpha^2 + sigma^2)."""
-        return cls(model, process, "v", time_label, **kw)
+        (alpha^2 + sigma^2). First-use check as :meth:`from_eps`."""
+        return cls._adapter(model, process, "v", time_label, check, check_tol, kw)
 
     @classmethod
     def from_velocity(cls, model, process, time_label=labels.continuous, **kw):
@@ -99,10 +106,30 @@ class Score:
         return cls(model, process, "velocity", time_label, **kw)
 
     @classmethod
-    def from_denoiser(cls, model, process, time_label=labels.sigma, **kw):
+    def from_denoiser(cls, model, process, time_label=labels.sigma, *, check: bool = True, check_tol: float = 0.5,
+                      **kw):
         """An EDM-style denoiser (Karras et al. 2022; k-diffusion): D(x_t / alpha, label) = x0_hat on
-        the variance-exploding scale, labelled by sigma / alpha by default."""
-        return cls(model, process, "denoiser", time_label, **kw)
+        the variance-exploding scale, labelled by sigma / alpha by default. First-use check as
+        :meth:`from_eps`."""
+        return cls._adapter(model, process, "denoiser", time_label, check, check_tol, kw)
+
+    @classmethod
+    def _adapter(cls, model, process, kind, time_label, check, check_tol, kw):
+        """The first-use model check is the one of the external adapters
+        (:class:`sdesolve.external.ExternalScore`, :func:`sdesolve.external.check_model`): on the
+        first call, before anything is computed, the model is probed on a small batch of pure noise
+        at t = T and at a middle noise level (a handful of extra model calls on at most 64 samples,
+        once), and a model whose parametrization, time label or input scale does not fit (a
+        VE-style eps model on a VP process, an x0 model declared as eps) raises
+        :class:`~sdesolve.external.ModelCheckError` instead of sampling noise silently. The check
+        reads its figures on the host once; to keep a fixed-step loop free of host synchronisation
+        (CUDA graphs), run it beforehand with ``score.check(sample_shape, device, dtype)``."""
+        if not check:
+            return cls(model, process, kind, time_label, **kw)
+        from torch import nn
+
+        return ExternalScore(model, process, kind, time_label, model=model if isinstance(model, nn.Module) else None,
+                             check=True, check_tol=check_tol, **kw)
 
     # the model call --------------------------------------------------------------------------
     def _process(self, process):
@@ -234,3 +261,44 @@ class Score:
 
     def __repr__(self):
         return f"Score(kind={self.kind}, time_label={getattr(self.time_label, '__name__', self.time_label)})"
+
+
+class ExternalScore(Score):
+    """A :class:`Score` of an external model that runs :func:`check_model` once, before its first
+    evaluation, on the sample shape, device and dtype it is first called with (or at once, when
+    the adapter knows the sample shape). ``model`` is the wrapped module (for ``.to(device)``)."""
+
+    def __init__(self, fn, process, kind, time_label, *, model=None, check: bool = True, check_tol: float = 0.5,
+                 label_dtype=None, **model_kwargs):
+        super().__init__(fn, process, kind, time_label, label_dtype=label_dtype, **model_kwargs)
+        self.model = model
+        self.check_tol = float(check_tol)
+        self._pending = bool(check)
+        self.last_check: ModelCheck | None = None
+
+    def check(self, shape, device=None, dtype=torch.float32) -> ModelCheck:
+        """Run the model check now (see :func:`check_model`). Per-sample conditioning tensors among
+        the model's keyword arguments are probed with their first row, repeated."""
+        self._pending = False
+        kwargs = self.model_kwargs
+        B = _probe_batch(shape)
+        probe = copy.copy(self)
+        probe.model_kwargs = {k: _first_rows(v, B) for k, v in kwargs.items()}
+        try:
+            self.last_check = check_model(probe, self.process, shape, batch=B, device=device, dtype=dtype,
+                                          tol=self.check_tol)
+        except BaseException:
+            self._pending = True  # every later use raises again
+            raise
+        return self.last_check
+
+    def predict(self, x, t, process=None):
+        if self._pending:
+            self.check(x.shape[1:], device=x.device, dtype=x.dtype)
+        return super().predict(x, t, process)
+
+    def without_check(self) -> "ExternalScore":
+        """A copy that never runs the check (used by transforms that call the model in other ways)."""
+        other = copy.copy(self)
+        other._pending = False
+        return other

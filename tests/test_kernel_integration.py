@@ -53,7 +53,7 @@ WIRING = [
     (sds.ReverseDiffusion(), [(sde_module, "affine_noise_step")]),
     (sds.Ancestral(0.7), [(sde_module, "affine_noise_step")]),
     (sds.DDIM(0.5), [(diffusion_module, "affine_noise_step")]),
-    (sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 2)),
+    (sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 2, expected_norms=False)),
      [(langevin_module, "langevin_step"), (sde_module, "affine_noise_step")]),
     (sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 1, expected_norms=True)),
      [(langevin_module, "affine_noise_step"), (sde_module, "em_step")]),
@@ -129,7 +129,7 @@ def test_updates_use_the_documented_draws():
         s, zj = score(y, t0), noise.normal(y, 16 + j)
         eps = 2 * alpha * (0.16 * zj.norm(dim=1) / s.norm(dim=1)) ** 2
         y = y + _col(eps) * s + _col((2 * eps).sqrt()) * zj
-    torch.testing.assert_close(sds.Langevin(0.16, 2).correct(rev, t0, h, x, noise), y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sds.Langevin(0.16, 2, expected_norms=False).correct(rev, t0, h, x, noise), y, rtol=1e-12, atol=1e-12)
     # expected norms: eps = 2 alpha snr^2 sigma_t^2
     eps = 2 * alpha * 0.16**2 * sig_t2
     want = x + _col(eps) * score(x, t0) + _col((2 * eps).sqrt()) * z(16)
@@ -197,7 +197,7 @@ def test_langevin_corrector_with_zero_score_stays_put():
     eq = p.reverse(score)
     x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
     t = torch.full((5,), 0.5, dtype=torch.float64)
-    out = sds.Langevin(0.16, 3).correct(eq, t, -0.01 * torch.ones_like(t), x, Noise(streams(0, 5)))
+    out = sds.Langevin(0.16, 3, expected_norms=False).correct(eq, t, -0.01 * torch.ones_like(t), x, Noise(streams(0, 5)))
     assert torch.equal(out[:2], x[:2]) and not torch.isclose(out[2:], x[2:]).any()
 
 
@@ -224,7 +224,8 @@ p = sds.VPSDE()
 score = gm.score(p)
 cases = {
     "EulerMaruyama": (sds.EulerMaruyama(), 4),
-    "PC(ReverseDiffusion, Langevin x2)": (sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 2)), 30),
+    "PC(ReverseDiffusion, Langevin x2)": (sds.PredictorCorrector(sds.ReverseDiffusion(),
+                                                                 sds.Langevin(0.16, 2, expected_norms=False)), 30),
     "PC(EulerMaruyama, Langevin expected)": (
         sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 1, expected_norms=True)), 30),
     "Ancestral": (sds.Ancestral(), 4),
@@ -314,7 +315,7 @@ def no_host_sync(monkeypatch):
 
 SYNC_FREE = [
     sds.EulerMaruyama(), sds.ReverseDiffusion(), sds.Ancestral(),
-    sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin()),
+    sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(expected_norms=False)),
     sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.1, 2, expected_norms=True)),
     sds.PredictorCorrector(sds.DDIM(), sds.Langevin()),
     sds.DDIM(), sds.DDIM(0.5), sds.DPMSolver(2), sds.DPMSolver(3), sds.DPMSolverPP(2), sds.DPMSolverPP(3),
@@ -330,6 +331,7 @@ def test_fixed_step_loops_make_no_host_sync(solver, process, no_host_sync):
     """Each solver's default grid (EDMHeun's ends at sigma = 0), the last step without noise and
     every state saved: the loop runs through without reading a device value on the host."""
     score = sds.Score.from_x0(lambda x, t: GM.score(process).denoised_of(x, t, process), process)
+    score.check((2,), dtype=torch.float32)  # the first-use model check reads values on the host: run it first
     sol = sds.sample(process, score, solver, shape=(6, 2), steps=30, seed=0, final_noise=False, save_at=True)
     assert no_host_sync == [1]
     assert sol.ys.shape == (31, 6, 2) and torch.isfinite(sol.y).all()
@@ -360,7 +362,7 @@ def test_cuda_graph_errors():
         sds.solve(eq, torch.zeros(3, 2), 0.0, 1.0, sds.EulerMaruyama(), steps=3, cuda_graph=True)
 
 
-GRAPHED = [sds.EulerMaruyama(), sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 1)),
+GRAPHED = [sds.EulerMaruyama(), sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 1, expected_norms=False)),
            sds.Ancestral(), sds.DDIM(0.5), sds.DPMSolverPP(2), sds.UniPC(3), sds.EDMHeun(churn=2.0), sds.Dopri5()]
 
 

@@ -78,7 +78,7 @@ def test_realized_norm_langevin_in_high_dimension():
     v, D, B = 0.25, 256, 64
     gm = sds.GaussianMixture([1.0], [[0.0] * D], [v])
     p = sds.VPSDE()
-    pc = sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(snr=0.16, n_steps=1))
+    pc = sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(snr=0.16, n_steps=1, expected_norms=False))
     x = sds.sample(p, gm.score(p), pc, shape=(B, D), steps=300, seed=1, final_noise=False).y.double()
     # B*D = 16384 draws: the variance estimate has relative sd sqrt(2/16384) = 1.1%; the
     # discretisation bias of 300 steps is a few percent at t_min
@@ -88,7 +88,7 @@ def test_realized_norm_langevin_in_high_dimension():
 def test_batch_invariance():
     p = sds.VPSDE()
     sc = GM.score(p)
-    for solver in (sds.EulerMaruyama(), sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 2))):
+    for solver in (sds.EulerMaruyama(), sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 2, expected_norms=False))):
         full = sds.sample(p, sc, solver, shape=(64, 2), steps=50, seed=5).y
         alone = sds.sample(p, sc, solver, shape=(10, 2), steps=50, seed=5, sample_offset=10).y
         seeds = sds.noise.streams(5, 64)[10:20]

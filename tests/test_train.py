@@ -293,7 +293,7 @@ def test_describe_build_round_trip():
     net = EDMPrecond(UNet(ch=8, mult=(1, 2), blocks=1, attn=()), 0.6)
     rebuilt = build(describe(net))
     assert rebuilt.sigma_data == 0.6 and rebuilt.net.config == net.net.config
-    with pytest.raises(ValueError, match="not a process"):
+    with pytest.raises(ValueError, match="not one of sdesolve.s own classes"):
         build({"class": "subprocess:Popen", "args": {"args": ["true"]}})
 
 

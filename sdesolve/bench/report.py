@@ -589,13 +589,6 @@ def _plain(obj):
     return str(obj)
 
 
-def _atomic(path: Path, text: str) -> None:
-    import os
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(results: dict, out) -> dict:
     """Add the analysis to ``results`` and write results.json, results.md, summary.md and pareto.png into
     the directory ``out``; returns their paths (the plot's is None without matplotlib)."""
@@ -605,13 +598,14 @@ def write(results: dict, out) -> dict:
     replicates = results.pop("_replicates", None)
     paths = {"json": out / "results.json", "md": out / "results.md", "summary": out / "summary.md",
              "png": out / "pareto.png"}
-    _atomic(paths["json"], json.dumps(_plain(results), indent=1, allow_nan=False))
-    _atomic(paths["md"], markdown(results))
-    _atomic(paths["summary"], summary(results))
+    from ..fileio import atomic_write
+    for key, text in (("json", json.dumps(_plain(results), indent=1, allow_nan=False)), ("md", markdown(results)),
+                      ("summary", summary(results))):
+        atomic_write(paths[key], lambda tmp, text=text: Path(tmp).write_text(text))
     if replicates is not None:
         results["_replicates"] = replicates
     try:
-        plot(results, paths["png"])
+        atomic_write(paths["png"], lambda tmp: plot(results, tmp))
     except ImportError as e:  # the table and the record do not need matplotlib
         print(f"no plot: {e} (install matplotlib, the [plots] extra)")
         paths["png"] = None

@@ -280,6 +280,20 @@ class AdaptiveSDE(Solver):
     Additive noise only (the stochastic Heun scheme converges to the Ito solution only there);
     the reverse SDEs of VP, sub-VP, VE and EDM are additive. The state is x'_prev. Two drift
     evaluations per attempt.
+
+    Batch size: every decision is per sample, but the *model's* output is not bit-identical across
+    batch sizes (a network's matmuls round differently for different batch shapes, ~1e-7 relative in
+    float32, ~1e-16 in float64). This step-size law (no growth limit, exponent 0.9) feeds the error
+    estimate's last bits into the next step size, and the difference grows from step to step
+    (measured on a random float64 network: 1e-16 in the step size at the first step, 1e-10 after 80
+    steps). A different step sequence is another discretisation of the same bridged Brownian path,
+    which at loose tolerances can end in another mode; and once a discrete decision flips (accept or
+    reject; use a stored Brownian increment whole or split it) the later increments are drawn at
+    other counters. In float32 the difference reaches that scale within a sampling run, so a few
+    samples may be entirely different draws between ``--batch`` sizes (each equally valid). In
+    float64 (``dtype=torch.float64`` with a float64 model) the decisions hold and the samples agree
+    within the tolerance. Fixed-step solvers and the adaptive ODE solvers are batch-invariant to
+    rounding in either precision.
     """
 
     order = 1.0          # strong order of the propagated solution for additive noise

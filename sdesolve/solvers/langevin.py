@@ -1,12 +1,13 @@
 """Langevin correctors and annealed Langevin dynamics.
 
 Langevin(snr, n_steps)     score_sde's corrector (Song et al. 2021, Alg. 4-5) with the step size
-                           set per sample from a target signal-to-noise ratio:
-                           eps_b = 2 alpha (snr ||z_b|| / ||s_b||)^2,  x += eps s + sqrt(2 eps) z,
-                           alpha = process.langevin_alpha (1 - beta_i for VP, 1 for VE).
-                           With ``expected_norms=True`` the norms take their values under the
+                           set from a target signal-to-noise ratio, x += eps s + sqrt(2 eps) z,
+                           alpha = process.langevin_alpha (1 - beta_i for VP, 1 for VE). Default
+                           (``expected_norms=True``): the norms take their values under the
                            Gaussian-noise approximation, E||z||^2 = D and E||s||^2 = D / sigma_t^2,
-                           so eps = 2 alpha snr^2 sigma_t^2 does not depend on x.
+                           so eps = 2 alpha snr^2 sigma_t^2 does not depend on x (right in any
+                           dimension). ``expected_norms=False``: the realized norms per sample,
+                           eps_b = 2 alpha (snr ||z_b|| / ||s_b||)^2 (heavy-tailed in low dimension).
 PredictorCorrector(p, c)   each step: the corrector at t0, then the predictor from t0 to t1
 AnnealedLangevin           NCSN sampling (Song & Ermon 2019, Alg. 1, in the form of NCSNv2's
                            code): at each noise level sigma_i, n_steps updates
@@ -35,16 +36,22 @@ __all__ = ["Langevin", "PredictorCorrector", "AnnealedLangevin"]
 class Langevin:
     """A Langevin corrector with a per-sample SNR step size (not a solver by itself).
 
-    The realized-norm rule (default) is score_sde's, computed per sample rather than per batch,
-    so a sample's result does not depend on its batch. In high dimension ||z_b|| and ||s_b||
-    concentrate and the rule is effectively deterministic; in low dimension ||s_b|| -> 0 near a
-    mode makes eps_b heavy-tailed and, since it depends on x, the corrector no longer leaves p_t
-    invariant: use ``expected_norms=True`` there (eps = 2 alpha snr^2 sigma_t^2). A sample whose
-    score is exactly zero takes no step (eps_b = 0). The norms are summed in float32 for float32
-    and half-precision states, in float64 for float64 states.
+    Default, ``expected_norms=True``: the norms take their values under the Gaussian-noise
+    approximation, E||z||^2 = D and E||s||^2 = D / sigma_t^2, so eps = 2 alpha snr^2 sigma_t^2
+    does not depend on x and the corrector leaves p_t invariant up to its discretisation, in any
+    dimension.
+
+    ``expected_norms=False``: score_sde's realized-norm rule (Song et al. 2021, Alg. 4-5),
+    eps_b = 2 alpha (snr ||z_b|| / ||s_b||)^2, computed per sample rather than per batch, so a
+    sample's result does not depend on its batch. Caveat: in high dimension ||z_b|| and ||s_b||
+    concentrate and the rule is effectively the expected one; in low dimension ||s_b|| -> 0 near
+    a mode makes eps_b heavy-tailed (on a 2-D mixture: outliers at |x| of several hundred and
+    mode proportions off by 0.1), and since eps depends on x the corrector no longer leaves p_t
+    invariant. A sample whose score is exactly zero takes no step (eps_b = 0). The norms are
+    summed in float32 for float32 and half-precision states, in float64 for float64 states.
     """
 
-    def __init__(self, snr: float = 0.16, n_steps: int = 1, expected_norms: bool = False):
+    def __init__(self, snr: float = 0.16, n_steps: int = 1, expected_norms: bool = True):
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         if snr <= 0:

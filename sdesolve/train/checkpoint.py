@@ -20,6 +20,13 @@ A checkpoint is a ``torch.save`` dict readable with ``weights_only=True``:
                 data: source, sample shape, size, fingerprint
                 train: the TrainConfig
     history     [step, loss] pairs logged so far
+    digest      SHA-256 of everything above (tensor dtypes, shapes and bytes; every other value's
+                repr), in a fixed traversal order; :func:`payload_digest`
+
+:func:`load_checkpoint` recomputes the digest, so flipped bytes inside tensor data (which the zip
+container does not check) are refused. A save rotates ``last.pt`` to ``prev.pt`` only when
+``last.pt`` is itself a good checkpoint: after a fall-back to ``prev.pt`` the corrupt ``last.pt``
+is overwritten, never rotated over the good one.
 
 :func:`load_checkpoint` refuses a truncated or corrupted file, a file of another format, or one
 missing a field, with a :class:`CheckpointError` naming the file and the problem;
@@ -27,6 +34,7 @@ missing a field, with a :class:`CheckpointError` naming the file and the problem
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -39,7 +47,7 @@ from ..scores import Score
 from .data import Scaling
 from .spec import build
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",
+__all__ = ["CheckpointError", "payload_digest", "save_checkpoint", "load_checkpoint", "find_checkpoint", "load_trained",
            "score_from_checkpoint", "remove_stale_temporaries", "TrainedModel", "FORMAT", "LAST", "PREV"]
 
 FORMAT = "sdesolve.train/1"
@@ -70,22 +78,64 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}|".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"{k!r}=".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r}|".encode())
+
+
+def payload_digest(state: dict) -> str:
+    """SHA-256 of a checkpoint's content (all fields but ``format`` and ``digest``)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k not in ("format", "digest")})
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict, directory) -> Path:
-    """Write ``state`` atomically as ``directory/last.pt``, keeping the previous one as ``prev.pt``."""
+    """Write ``state`` atomically as ``directory/last.pt`` with its payload digest, keeping the
+    previous one as ``prev.pt`` (only if it is a good checkpoint: a damaged ``last.pt`` is
+    replaced, never rotated over ``prev.pt``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{_TMP_PREFIX}{os.getpid()}-{LAST}"
+    state = {k: v for k, v in state.items() if k not in ("format", "digest")}
     try:
         with open(tmp, "wb") as f:
-            torch.save(dict(state, format=FORMAT), f)
+            torch.save(dict(state, format=FORMAT, digest=payload_digest(state)), f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk reaches torch.save as a RuntimeError
+            import shutil
+            try:
+                free = f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free there"
+            except OSError:
+                free = "free space unknown"
+            detail = (getattr(e, "strerror", None) or str(e).splitlines()[0]) if str(e) else type(e).__name__
+            raise CheckpointError(directory / LAST, f"could not be written ({detail}; {free}); the previous "
+                                                    f"checkpoints are unchanged") from None
         raise
     last = directory / LAST
     if last.exists():
-        os.replace(last, directory / PREV)
+        try:
+            load_checkpoint(last)
+        except CheckpointError as e:
+            warnings.warn(f"{e}; replacing it, keeping {directory / PREV}", stacklevel=2)
+        else:
+            os.replace(last, directory / PREV)
     os.replace(tmp, last)
     _fsync_dir(directory)
     return last
@@ -114,6 +164,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
               [f"config.{k}" for k in _REQUIRED_CONFIG if k not in ckpt.get("config", {})]
     if missing:
         raise CheckpointError(path, f"incomplete, missing {', '.join(missing)}")
+    if "digest" not in ckpt:
+        warnings.warn(f"checkpoint {path}: written without a payload digest (an older sdesolve); its "
+                      f"integrity cannot be checked", stacklevel=2)
+    elif ckpt["digest"] != payload_digest(ckpt):
+        raise CheckpointError(path, "corrupted: its content does not match the digest stored with it")
     return ckpt
 
 
@@ -160,13 +215,14 @@ class TrainedModel:
         return self.scaling.to_data(y)
 
 
-def load_trained(path, ema: bool = True, map_location="cpu") -> TrainedModel:
+def load_trained(path, ema: bool = True, map_location="cpu", classes=()) -> TrainedModel:
     """The module saved in a checkpoint file or directory, with its EMA weights (``ema=True``) or
-    its raw weights, in eval mode."""
+    its raw weights, in eval mode. Classes are rebuilt from the project's own table
+    (:func:`sdesolve.train.spec.known_classes`) plus the classes passed in ``classes``."""
     file, ckpt = find_checkpoint(path, map_location)
     cfg = ckpt["config"]
     try:
-        model, loss = build(cfg["model"]), build(cfg["loss"])
+        model, loss = build(cfg["model"], classes), build(cfg["loss"], classes)
         model.load_state_dict(ckpt["model"])
         if ema:
             shadow = ckpt["ema"]["shadow"]

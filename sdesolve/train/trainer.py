@@ -133,6 +133,7 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 0x9E3779B9)
         self.step, self.history, self.resumed_from, self.last_loss = 0, [], None, float("nan")
+        self._window = [0.0, 0]  # sum and count of the losses since the last history entry
 
     # --- checkpoints ----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -144,7 +145,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
                         "noise": self.noise_gen.get_state()},
-                "config": self.describe(), "history": [list(h) for h in self.history]}
+                "config": self.describe(), "history": [list(h) for h in self.history],
+                "log_window": list(self._window)}
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 only; every rank waits for it)."""
@@ -185,6 +187,8 @@ class Trainer:
             raise CheckpointError(file, f"does not fit this model or optimizer: {e}") from None
         self.ema.shadow = {k: v.to(self.device) for k, v in self.ema.shadow.items()}
         self.step, self.history = int(ckpt["step"]), [list(h) for h in ckpt["history"]]
+        window = ckpt.get("log_window", [0.0, 0])  # absent from older checkpoints
+        self._window = [float(window[0]), int(window[1])]
         self.resumed_from = file
         return file
 
@@ -227,15 +231,16 @@ class Trainer:
                 bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
             except ImportError:
                 bar = None
-        start, running, count = time.perf_counter(), 0.0, 0
+        start = time.perf_counter()
         while self.step < cfg.steps:
             value = self.train_step()
-            running, count = running + value, count + 1
+            running, count = self._window[0] + value, self._window[1] + 1
+            self._window = [running, count]
             if self.step % cfg.log_every == 0:
                 self.history.append([self.step, running / count])
                 if bar is not None:
                     bar.set_postfix(loss=f"{running / count:.4f}")
-                running, count = 0.0, 0
+                self._window = [0.0, 0]
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
