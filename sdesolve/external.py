@@ -64,7 +64,7 @@ import torch
 from .discrete import DiscreteVP
 from .paths import RectifiedFlow
 from .processes import EDM
-from .model_check import ModelCheck, ModelCheckError, check_model
+from .model_check import ModelCheck, ModelCheckError, _Call, _output, check_model
 from .scores import ExternalScore, Score, labels
 
 __all__ = ["from_diffusers", "from_edm", "from_kdiffusion", "from_score_sde", "load_model", "load_diffusers",

@@ -153,9 +153,12 @@ class ExactTrace(Trace):
                 return t
 
             xr = x.detach().clone().requires_grad_(True)  # fn may close over per-sample times: whole batch
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                fn(xr)
-            self._saved[key] = -(-total[0] // x.shape[0])
+            try:
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    fn(xr)
+                self._saved[key] = -(-total[0] // x.shape[0])
+            except RuntimeError:  # torch.func transforms refuse saved-tensor hooks: a conservative guess
+                self._saved[key] = 64 * x[0].numel() * x.element_size()
         return self._saved[key]
 
     def chunk_for(self, fn, x) -> int:

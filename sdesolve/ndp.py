@@ -207,7 +207,8 @@ def ndp_score(net: nn.Module, process, x: torch.Tensor, time_label=labels.contin
     by the batch), for solving in y (B, N)."""
     if x.dim() == 2:
         x = x[None]
-    return Score.from_eps(net, process, time_label, x=x)
+    # the generic first-use check probes a network of the values alone; an NDP network also reads X
+    return Score.from_eps(net, process, time_label, check=False, x=x)
 
 
 def ndp_loss(net: nn.Module, process, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,

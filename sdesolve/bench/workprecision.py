@@ -202,13 +202,14 @@ def plot(results: dict, path) -> Path:
 
 def write(results: dict, out) -> dict:
     """work_precision.json, work_precision.md and work_precision.png in the directory ``out``."""
-    from .report import _atomic, _plain
+    from ..fileio import atomic_write
+    from .report import _plain
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results.pop("_replicates", None)
     paths = {"json": out / "work_precision.json", "md": out / "work_precision.md", "png": out / "work_precision.png"}
-    _atomic(paths["json"], json.dumps(_plain(results), indent=1, allow_nan=False))
-    _atomic(paths["md"], markdown(results))
+    for key, text in (("json", json.dumps(_plain(results), indent=1, allow_nan=False)), ("md", markdown(results))):
+        atomic_write(paths[key], lambda tmp, text=text: Path(tmp).write_text(text))
     try:
         plot(results, paths["png"])
     except ImportError as e:

@@ -43,14 +43,14 @@ def class_name(cls) -> str:
 def known_classes() -> dict:
     """The project's own classes a checkpoint may name, by :func:`class_name`: processes,
     parametrizations, losses and networks. This table is the only way from a name to code."""
-    from ..paths import CosinePath, RectifiedFlow
+    from ..paths import CosinePath, RectifiedFlow, TimeShift
     from ..processes import EDM, VESDE, VPSDE, SubVPSDE
     from .flow import ConditionalFlowMatching, OTConditionalFlowMatching
     from .losses import (DenoisingScoreMatching, EDMLoss, EpsPrediction, LikelihoodWeighted, ScorePrediction,
                          VPrediction, X0Prediction)
     from .models import MLP, SinusoidalEmbedding, UNet
     from .models.edm import EDMPrecond
-    classes = (VPSDE, SubVPSDE, VESDE, EDM, RectifiedFlow, CosinePath,
+    classes = (VPSDE, SubVPSDE, VESDE, EDM, RectifiedFlow, CosinePath, TimeShift,
                ScorePrediction, EpsPrediction, X0Prediction, VPrediction,
                DenoisingScoreMatching, LikelihoodWeighted, EDMLoss, ConditionalFlowMatching, OTConditionalFlowMatching,
                MLP, UNet, EDMPrecond, SinusoidalEmbedding)
