@@ -566,6 +566,13 @@ def plot(results: dict, path) -> Path:
         if results["analysis"].get("intervals") else ""), fontsize=8)
     fig.suptitle(f"{results['meta']['problem']}: {results['meta']['n']} samples, {results['meta']['device_name']}",
                  fontsize=10)
+    return finish_figure(fig, axes, path)
+
+
+def finish_figure(fig, axes, path) -> Path:
+    """The legend (sdesolve circles, peer diamonds) beside the panels, then save and close."""
+    import matplotlib.pyplot as plt
+
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8, frameon=False,
                title="circles: sdesolve, diamonds: peers", title_fontsize=8)

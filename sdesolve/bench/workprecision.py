@@ -190,14 +190,8 @@ def plot(results: dict, path) -> Path:
                        f"(error bars: {results['meta'].get('level', 0.95):.0%} paired bootstrap)", fontsize=9)
     fig.suptitle(f"Work–precision, {results['meta']['problem']}: {results['meta']['n']} samples, same x_T",
                  fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8, frameon=False,
-               title="circles: sdesolve, diamonds: peers", title_fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.8, 0.95))
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .report import finish_figure
+    return finish_figure(fig, axes, path)
 
 
 def write(results: dict, out) -> dict:
