@@ -9,7 +9,9 @@ Every row samples the same n samples: x_T[i] from stream (seed, i) (``initial_no
 stochastic rows their step noise from the same streams. A row's number of steps is the largest
 whose model evaluations fit the NFE budget (dry runs, as ``sdesolve bench`` does). Quality: the
 problem's primary metric (mixtures: sliced Wasserstein-2 to 10000 exact samples of p_{t_min};
-digits: Fréchet distance in the digits classifier's features to the held-out split). Intervals
+digits: Fréchet distance in the digits classifier's features to the held-out split); on the
+mixtures the energy distance is kept beside it, a proper metric that mode proportions alone do not
+dominate. Intervals
 (benchmarks/few_step_report.py, from the samples kept in an .npz): B bootstrap resamples of the
 sample indices, the same resamples for every row (paired), 95% percentile intervals of each row's
 metric and of the differences that the tables report.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -31,45 +32,49 @@ import sdesolve as sds
 from sdesolve.bench import peers as P
 from sdesolve.bench import problems
 from sdesolve.bench.runner import environment, fit_steps, initial_noise
-from sdesolve.metrics.sliced import _quantiles
 from sdesolve.solvers.diffusion import append_zero
 
 S = sds.schedules
 GRIDS = {
     "karras7->0": append_zero(S.karras(7.0)), "karras7": S.karras(7.0), "karras5->0": append_zero(S.karras(5.0)),
     "logsnr": S.logsnr, "logsnr->0": append_zero(S.logsnr), "time_uniform2->0": append_zero(S.time_uniform(2.0)),
-    "polyexp2->0": append_zero(S.polyexponential(2.0)), "uniform": S.uniform,
-    "linspace_timesteps": S.linspace_timesteps(), "uniform->0": append_zero(S.uniform),
+    "polyexp2->0": append_zero(S.polyexponential(2.0)), "uniform": S.uniform, "quadratic": S.quadratic,
+    "time_uniform2": S.time_uniform(2.0), "linspace_timesteps": S.linspace_timesteps(), "uniform->0": append_zero(S.uniform),
 }
+# the candidates for a solver's default grid: grids that every process has (no sigma = 0 needed)
+CANDIDATES = ("quadratic", "time_uniform2", "logsnr", "karras7->0")
 
 
 def ours(small=False):
     """(label, solver, grid name): sdesolve's candidates, and the counterparts on their peers'
     grids. ``small``: the candidates kept for the digits model (chosen on the mixtures)."""
     rows = []
-    for g in ("karras7->0", "logsnr", "linspace_timesteps"):
+    for g in CANDIDATES + ("linspace_timesteps",):
         rows.append(("IPNDM(4)", sds.IPNDM(4), g))
-        if not (small and g == "karras7->0"):
-            rows.append(("IPNDM(4, afs)", sds.IPNDM(4, afs=True), g))
         rows.append(("DEIS(3)", sds.DEIS(3), g))
-    for g in ("logsnr", "linspace_timesteps"):
         rows.append(("UniPC(3)", sds.UniPC(3), g))
+        rows.append(("UniPC(2)", sds.UniPC(2), g))
+        rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), g))
         if not small:
-            rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), g))
-        if not (small and g == "logsnr"):
+            rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), g))
             rows.append(("SASolver(tau=0)", sds.SASolver(tau=0.0), g))
     # the counterparts on their peers' default grids
     rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), "karras7->0"))   # k-diffusion dpmpp_2m
     rows.append(("LMS(4)", sds.LMS(4), "karras7->0"))                   # k-diffusion lms
     rows.append(("EDMHeun", sds.EDMHeun(), "karras7->0"))               # k-diffusion heun
     rows.append(("UniPC(2)", sds.UniPC(2), "linspace_timesteps"))       # diffusers UniPC default
-    return rows
+    seen, out = set(), []
+    for r in rows:
+        if (r[0], r[2]) not in seen:
+            seen.add((r[0], r[2]))
+            out.append(r)
+    return out
 
 
 def extra():
     """The grid choice for the other new samplers (no peers, no counterparts)."""
     rows = []
-    for g in ("karras7->0", "logsnr", "linspace_timesteps"):
+    for g in CANDIDATES:
         rows.append(("LMS(4)", sds.LMS(4), g))
         rows.append(("SASolver", sds.SASolver(), g))
         rows.append(("DPMSolverPP3MSDE", sds.DPMSolverPP3MSDE(), g))
@@ -79,11 +84,13 @@ def extra():
 
 
 def peers(small=False):
-    """k-diffusion's samplers on its Karras grid to 0, diffusers' schedulers with their defaults.
+    """k-diffusion's samplers on its Karras grid (to 0, as its samplers are used, and to
+    sigma(t_min) with all steps at noise levels), diffusers' schedulers with their defaults.
     ``small`` leaves out k-diffusion's stochastic samplers (the worst peer rows on the mixtures)."""
     from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
     names = ("euler", "heun", "lms", "dpmpp_2m") + (() if small else ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde"))
     out = [P.KDiffusion(name, zero=True) for name in names]
+    out += [P.KDiffusion("dpmpp_2m"), P.KDiffusion("dpmpp_2m_sde")]
     out += [P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=2)", "diffusers DPMSolverMultistep (default)"),
             P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=3)", "diffusers DPMSolverMultistep(3)",
                         solver_order=3),
@@ -92,70 +99,27 @@ def peers(small=False):
     return out
 
 
-# --- quality with cached reference quantities ---------------------------------------------------
-class SWMetric:
-    """SW_2 to the mixture problem's exact reference (MixtureQuality's directions), estimated at
-    the n mid-point quantile levels of the n samples: the reference's quantile functions are
-    interpolated at those levels once. (MixtureQuality.figures interpolates the samples at the
-    reference's 10000 levels instead; both estimate the same distance.)
-
-    A bootstrap resample with counts c_j of sample j has, in each direction, the sorted values
-    v_j repeated c_j times, so that its squared distance is
-        sum_j c_j v_j^2 - 2 sum_j v_j (Q[C_j] - Q[C_j - c_j]) + sum_m qy_m^2,
-    C the cumulative counts in sorted order and Q the prefix sums of the reference's quantiles:
-    one sort per row, none per resample."""
-
-    def __init__(self, quality, n):
-        self.q = quality
-        D = quality.mixture.D
-        g = torch.Generator().manual_seed(quality.reference_seed + 1)
-        theta = torch.randn(D, quality.n_proj, generator=g, dtype=torch.float64)
-        self.theta = theta / theta.norm(dim=0, keepdim=True)
-        qy = _quantiles(quality.reference @ self.theta, n).T.contiguous()      # (P, n)
-        self.Q = torch.cat([torch.zeros(qy.shape[0], 1, dtype=torch.float64), qy.cumsum(-1)], -1)
-        self.sq = float((qy**2).sum())
-        self.n = n
-
-    def prepare(self, x):
-        proj = (x.reshape(x.shape[0], -1).to(torch.float64) @ self.theta).T.contiguous()
-        v, perm = torch.sort(proj, dim=-1)
-        return v, perm
-
-    def __call__(self, prep, idx=None):
-        v, perm = prep
-        if not torch.isfinite(v).all():
-            return float("nan")
-        n = v.shape[-1]
-        counts = torch.ones(n, dtype=torch.float64) if idx is None else torch.bincount(idx, minlength=n).double()
-        c = counts[perm]
-        C = c.cumsum(-1).long()
-        S1 = self.Q.gather(-1, C) - self.Q.gather(-1, C - c.long())
-        total = float((c * v * v).sum() - 2.0 * (v * S1).sum()) + self.sq
-        return math.sqrt(max(total, 0.0) / v.numel())
-
-
-class FDMetric:
-    """Fréchet distance of features to the reference statistics."""
+# --- quality: the benchmark's paired metrics ------------------------------------------------------
+class Metrics:
+    """The problem's metrics (a :class:`sdesolve.bench.quality.Quality`): the primary one and, for
+    the mixtures, the energy distance beside the sliced Wasserstein distance (which mode
+    proportions dominate). ``prepare`` maps data-space samples to the representation once;
+    ``__call__(rep, counts)`` gives {name: (B,) values} under bootstrap counts (B, n)."""
 
     def __init__(self, quality):
         self.q = quality
-        self.name = quality.primary
-        self.extractor, self.ref = quality.features[self.name]
-        self.mu_r = self.ref.mean.to(torch.float64) if hasattr(self.ref, "mean") else None
+        keep = [quality.primary] + [k for k in ("energy",) if k in quality.names and k != quality.primary]
+        self.metrics = [m for m in quality.metrics if m.name in keep]
+        self.primary = quality.primary
 
     def prepare(self, x):
-        images = self.q.to_unit(x)
-        with torch.inference_mode():
-            return torch.cat([self.extractor(c) for c in images.split(256)]).to(torch.float64)
+        return self.q.prepare(x)
 
-    def __call__(self, feats, idx=None):
-        from sdesolve.metrics.frechet import GaussianStats  # noqa: F811
-        f = feats if idx is None else feats[idx]
-        if not torch.isfinite(f).all():
-            return float("nan")
-        st = GaussianStats()
-        st.update(f)
-        return float(st.frechet_distance(self.ref))
+    def __call__(self, rep, counts=None):
+        w = torch.ones(1, rep.shape[0], dtype=torch.float64) if counts is None else counts
+        if not torch.isfinite(rep).all():
+            return {m.name: torch.full((w.shape[0],), float("nan"), dtype=torch.float64) for m in self.metrics}
+        return {m.name: m.evaluate(rep, w) for m in self.metrics}
 
 
 def count_nfe(sampler, process, grid, steps):
@@ -184,13 +148,11 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.problem == "digits":
         prob = problems.checkpoint_problem(args.checkpoint)
-        metric = FDMetric(prob.quality)
     else:
         mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[args.problem]()
         prob = problems.mixture_problem(mix, name=args.problem)
-        metric = SWMetric(prob.quality, args.n)
+    metric = Metrics(prob.quality)
     nfes = [int(v) for v in args.nfe.split(",")]
-    metric_name = prob.quality.primary
     shape = tuple(prob.sample_shape)
     rows = [(lab, s, g, False) for lab, s, g in ours(args.small)] + [(p.label, p, None, True) for p in peers(args.small)]
     k = len(peers(args.small))
@@ -199,12 +161,7 @@ def main(argv=None):
         rows = [(lab, s, g, False) for lab, s, g in extra()]
     n = args.n
     out_rows, samples = [], {}
-    if args.problem == "digits":
-        floor = prob.quality.floor(n)
-    else:  # the same estimator as the rows': 8 sets of n exact samples
-        vals = torch.tensor([metric(metric.prepare(prob.quality.exact(n, torch.Generator().manual_seed(1000 + k))))
-                             for k in range(8)], dtype=torch.float64)
-        floor = {"n": n, "sets": 8, metric_name: float(vals.mean()), metric_name + "_std": float(vals.std())}
+    floor = prob.quality.floor(n)  # 8 sets of n exact samples (digits: real training images)
 
     def write():
         import numpy as np
@@ -250,11 +207,12 @@ def main(argv=None):
                                        sample_offset=lo, check_finite=False).y
                     ys.append(prob.to_data(y.float()))
             y = torch.cat(ys)
-            val = metric(metric.prepare(y))
+            vals = {k: float(v[0]) for k, v in metric(metric.prepare(y)).items()}
+            val = vals[metric.primary]
             samples[f"row{len(out_rows)}"] = y.numpy()
             out_rows.append({"sampler": lab, "grid": gname or "peer default", "peer": is_peer,
                              "library": s.library if is_peer else "sdesolve", "nfe_budget": budget, "nfe": nfe,
-                             "steps": steps, "metric": val, "sample_key": f"row{len(out_rows)}",
+                             "steps": steps, "metric": val, "metrics": vals, "sample_key": f"row{len(out_rows)}",
                              "solver": repr(s), "seconds": time.time() - t0})
             print(f"{lab:38s} {gname or 'peer default':20s} NFE {nfe:2d} steps {steps:2d}  {val:.5g}  "
                   f"[{time.time() - start:.0f}s]", flush=True)

@@ -25,7 +25,7 @@ import few_step  # noqa: E402
 # the grids that few_step.py names, and the solvers' default grids (the class attribute) by name
 DEFAULT_GRID = {
     "IPNDM(4)": sds.IPNDM.default_schedule, "IPNDM(4, afs)": sds.IPNDM.default_schedule,
-    "DEIS(3)": sds.DEIS.default_schedule, "UniPC(3)": sds.UniPC.default_schedule,
+    "DEIS(3)": sds.DEIS.default_schedule, "UniPC(3)": sds.UniPC.default_schedule, "UniPC(2)": sds.UniPC.default_schedule,
     "DPMSolverPP(3)": sds.DPMSolverPP.default_schedule, "DPMSolverPP(2)": sds.DPMSolverPP.default_schedule,
     "LMS(4)": sds.LMS.default_schedule, "EDMHeun": sds.EDMHeun.default_schedule,
     "SASolver(tau=0)": sds.SASolver.default_schedule, "SASolver": sds.SASolver.default_schedule,
@@ -40,7 +40,8 @@ COUNTERPARTS = [("EDMHeun", "karras7->0", "k-diffusion heun (to 0)"),
 def grid_name(schedule) -> str:
     n = getattr(schedule, "__name__", str(schedule))
     table = {"append_zero(karras(rho=7.0))": "karras7->0", "logsnr": "logsnr", "append_zero(uniform)": "uniform->0",
-             "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0"}
+             "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0", "quadratic": "quadratic",
+             "time_uniform(rho=2.0)": "time_uniform2"}
     if n.startswith("linspace_timesteps(") and n.endswith("final_zero=True)"):
         return "linspace_timesteps"
     return table.get(n, n)
@@ -59,26 +60,35 @@ def g(x, d=4):
 
 
 class Boot:
-    """Bootstrap distributions of rows' metrics, on shared resamples of the sample indices."""
+    """Bootstrap distributions of rows' metrics, on shared resamples of the sample indices:
+    {metric name: (B,) values} per row."""
 
     def __init__(self, res, B):
         from sdesolve.bench import problems
         if res["problem"] == "digits":
             prob = problems.checkpoint_problem(res["checkpoint"])
-            self.metric = few_step.FDMetric(prob.quality)
         else:
             mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[res["problem"]]()
-            self.metric = few_step.SWMetric(problems.mixture_problem(mix).quality, res["n"])
+            prob = problems.mixture_problem(mix)
+        self.metric = few_step.Metrics(prob.quality)
         self.samples = np.load(res["samples"])
-        self.idx = torch.randint(0, res["n"], (B, res["n"]), generator=torch.Generator().manual_seed(12345))
+        idx = torch.randint(0, res["n"], (B, res["n"]), generator=torch.Generator().manual_seed(12345))
+        self.counts = torch.stack([torch.bincount(i, minlength=res["n"]) for i in idx]).double()
         self.cache = {}
 
-    def __call__(self, row):
+    def __call__(self, row, name=None):
         k = row["sample_key"]
         if k not in self.cache:
-            f = self.metric.prepare(torch.from_numpy(self.samples[k]))
-            self.cache[k] = [self.metric(f, i) for i in self.idx]
-        return self.cache[k]
+            rep = self.metric.prepare(torch.from_numpy(self.samples[k]))
+            self.cache[k] = self.metric(rep, self.counts)
+        return self.cache[k][name or self.metric.primary].tolist()
+
+
+def _diff_cell(boot, a, b, name) -> str:
+    d = [x - y for x, y in zip(boot(a, name), boot(b, name))]
+    lo, hi = ci(d)
+    pa, pb = a.get("metrics", {}).get(name, float("nan")), b.get("metrics", {}).get(name, float("nan"))
+    return f" {g(pa - pb, 3)} [{g(lo, 3)}, {g(hi, 3)}] |"
 
 
 def report(res, B) -> str:
@@ -93,9 +103,11 @@ def report(res, B) -> str:
         return r["boot"]
     out = [f"### {res['problem']}: {res['label']}, n = {res['n']}, {B} paired bootstrap resamples",
            f"floor (exact samples of the same size): {g(floor)}", ""]
+    second = [m.name for m in boot.metric.metrics if m.name != boot.metric.primary]
     nfes = sorted({r["nfe_budget"] for r in rows})
     out += ["| NFE | best sdesolve (default grid) | metric [95%] | best peer (its default) | metric [95%] | "
-            "ours - peer [95%] | excess reduction | resolved |", "|---|---|---|---|---|---|---|---|"]
+            "ours - peer [95%] | excess reduction | resolved |" + "".join(f" {k}: ours - peer [95%] |" for k in second),
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(second)]
     for n in nfes:
         mine = [r for r in rows if r["nfe_budget"] == n and not r["peer"] and r["sampler"] in DEFAULT_GRID
                 and r["grid"] == grid_name(DEFAULT_GRID[r["sampler"]])]
@@ -110,7 +122,8 @@ def report(res, B) -> str:
         out.append(f"| {n} | {a['sampler']} {a['grid']} (NFE {a['nfe']}) | {g(a['metric'])} "
                    f"[{g(ci(a['boot'])[0])}, {g(ci(a['boot'])[1])}] | {b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} "
                    f"[{g(ci(b['boot'])[0])}, {g(ci(b['boot'])[1])}] | {g(a['metric'] - b['metric'], 3)} "
-                   f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |")
+                   f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |"
+                   + "".join(_diff_cell(boot, a, b, k) for k in second))
     out += ["", "Counterparts on the peer's default grid (ours - peer):", "",
             "| NFE | sdesolve row | peer | ours | peer | ours - peer [95%] |", "|---|---|---|---|---|---|"]
     for lab, grid, peer in COUNTERPARTS:

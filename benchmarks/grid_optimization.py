@@ -7,7 +7,7 @@ Problems: the 2-D ring and the 8-D mixture of :mod:`sdesolve.bench.problems` (ex
 SDE; metric: the sliced Wasserstein-2 distance to 10000 exact samples of p_{t_min}) and a digits checkpoint
 (``--checkpoint``; metric: Fréchet distance in the digits classifier's features to the held-out
 split). For each solver and NFE budget the rows are the hand-designed grids (log-SNR, Karras
-rho = 7, uniform, quadratic) and the grids of ``sdesolve.schedules.optimize`` with the
+rho = 7, uniform, quadratic, time-uniform rho = 2) and the grids of ``sdesolve.schedules.optimize`` with the
 dynamic program ("dp") and the learned grid ("learned"), calibrated on ``--calibration-n``
 samples of seed ``--calibration-seed`` and evaluated on ``--n`` other samples (seed ``--seed``,
 the same x_T for every row).
@@ -37,64 +37,32 @@ import sdesolve as sds
 from sdesolve import grid_optimization as go
 from sdesolve.bench.problems import checkpoint_problem, gmm8d, mixture_problem, ring8
 from sdesolve.bench.runner import cpu_name, initial_noise
-from sdesolve.metrics.sliced import _quantiles
-from sdesolve.metrics.frechet import frechet_distance
 
 HAND = {"logsnr": sds.schedules.logsnr, "karras": sds.schedules.karras(7.0), "uniform": sds.schedules.uniform,
-        "quadratic": sds.schedules.quadratic}
+        "quadratic": sds.schedules.quadratic, "time_uniform2": sds.schedules.time_uniform(2.0)}
 SOLVERS = {"euler": sds.Euler, "dpmsolverpp": lambda: sds.DPMSolverPP(2), "unipc": lambda: sds.UniPC(2),
-           "ddim": sds.DDIM, "heun": sds.Heun}
+           "ddim": sds.DDIM, "heun": sds.Heun, "ipndm": lambda: sds.IPNDM(4), "deis": lambda: sds.DEIS(3)}
 
 
-class MixtureMetric:
-    """SW_2 to the exact reference set of the problem's quality measure, the same directions and
-    the same estimator as ``sdesolve.metrics.sliced_wasserstein`` (the reference's sorted
-    projections computed once, so that a bootstrap resample costs one sort of the samples)."""
-
-    name = "SW (sliced Wasserstein-2 to 10000 exact samples)"
+class QualityMetric:
+    """The problem's primary metric (its :class:`sdesolve.bench.quality.Quality`: SW_2 to exact
+    samples for the mixtures, FD in the digits classifier's features for digits), evaluated on a
+    representation computed once per row; a bootstrap resample is a vector of counts."""
 
     def __init__(self, problem, n):
         self.q = problem.quality
-        ref = self.q.reference.to(torch.float64)
-        theta = torch.randn(ref.shape[1], self.q.n_proj, generator=torch.Generator().manual_seed(self.q.reference_seed + 1),
-                            dtype=torch.float64)
-        self.theta = theta / theta.norm(dim=0, keepdim=True)
-        self.ref_sorted = torch.sort(ref @ self.theta, dim=0)[0]
+        self.m = next(m for m in self.q.metrics if m.name == self.q.primary)
+        self.name = self.m.label or self.m.name
         fl = self.q.floor(n)
-        self.floor_value, self.floor_std = fl["sw"], fl["sw_std"]
+        self.floor_value, self.floor_std = fl[self.q.primary], fl.get(self.q.primary + "_std", 0.0)
 
     def prepare(self, y):
-        return y.reshape(y.shape[0], -1).to(torch.float64) @ self.theta
+        return self.q.prepare(y)
 
-    def __call__(self, proj, idx=None):
-        p = proj if idx is None else proj[idx]
-        m = self.ref_sorted.shape[0]
-        n = max(m, p.shape[0])
-        qx = _quantiles(p, n)
-        qy = self.ref_sorted if m == n else _quantiles(self.ref_sorted, n)
-        return float(((qx - qy) ** 2).mean().sqrt())
-
-
-class FrechetMetric:
-    """FD in the digits classifier's features to the held-out reference statistics."""
-
-    name = "FD (digits features)"
-
-    def __init__(self, problem, n):
-        self.q = problem.quality
-        self.ex, self.ref = next(iter(self.q.features.values()))
-        fl = self.q.floor(n)
-        key = self.q.primary
-        self.floor_value, self.floor_std = fl[key], fl.get(key + "_std", 0.0)
-
-    def prepare(self, y):
-        with torch.inference_mode():
-            return torch.cat([self.ex(c) for c in self.q.to_unit(y).split(256)]).to(torch.float64)
-
-    def __call__(self, feats, idx=None):
-        f = feats if idx is None else feats[idx]
-        return frechet_distance(f.mean(0), torch.cov(f.T), self.ref.mean, self.ref.cov)
-
+    def __call__(self, rep, idx=None):
+        n = rep.shape[0]
+        w = torch.ones(1, n, dtype=torch.float64) if idx is None else torch.bincount(idx, minlength=n).double()[None]
+        return float(self.m.evaluate(rep, w)[0])
 
 
 def _ci(v, point):
@@ -209,7 +177,7 @@ def markdown(results) -> str:
              "for every row: paired; percentiles from 100 resamples up, else point ± 1.96 bootstrap sd). Excess reduction: "
              "1 - (m_opt - m_0) / (m_best_hand - m_0), with m_0 the data floor (exact or real samples of the same "
              "size) or the teacher (the converged solve from the same x_T). Best hand: the lowest of log-SNR, "
-             "Karras (rho 7), uniform and quadratic on the evaluation samples.", ""]
+             "Karras (rho 7), uniform, quadratic and time-uniform (rho 2) on the evaluation samples.", ""]
     for pname, info in results["problems"].items():
         lines += [f"## {pname}: {info['metric']}, {info['n']} samples", "",
                   f"Data floor {info['floor']:.4g} ± {info['floor_std']:.2g} (sd over sets); teacher "
@@ -340,13 +308,13 @@ def main(argv=None):
             problem = checkpoint_problem(args.checkpoint)
             args.n, bootstrap_saved, args.bootstrap = args.n_digits, args.bootstrap, args.bootstrap_digits
             cal_saved, args.calibration_n = args.calibration_n, args.calibration_n_digits
-            metric = FrechetMetric(problem, args.n)
+            metric = QualityMetric(problem, args.n)
             methods = {"dp": go.DynamicProgramming(candidates=args.candidates, sweeps=args.sweeps_digits),
                        "learned": go.Learned(iterations=args.iterations_digits, lr=0.1)}
             dtype, model_id = torch.float32, go.model_digest(problem.model) + ":ema"
         else:
             problem = mixture_problem({"ring8": ring8, "gmm8d": gmm8d}[pname](), pname)
-            metric = MixtureMetric(problem, args.n)
+            metric = QualityMetric(problem, args.n)
             methods = {"dp": go.DynamicProgramming(candidates=args.candidates),
                        "learned": go.Learned(iterations=args.iterations, lr=0.1)}
             dtype, model_id = torch.float64, f"gmm:{pname}"

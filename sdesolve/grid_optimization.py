@@ -33,7 +33,13 @@ step (i = 0) has no history (the solver's own warm-up), and a step to tau_M is t
 grid (the solver's lower-order final step applies). Then, for every solver, a greedy refinement
 with the real solver corrects what the local model misses: each interior point in turn moves to
 a neighbouring candidate when that lowers the end-to-end loss (the distance to the teacher's
-end state, below), for ``sweeps`` sweeps or until nothing moves.
+end state, below), for ``sweeps`` sweeps or until nothing moves. It starts from the dynamic
+program's path or, when its end-to-end loss is lower, from the best hand-designed grid (log-SNR,
+Karras rho = 7, uniform, quadratic, time-uniform rho = 2, the solver's default) moved onto the
+nearest candidates.
+
+Both methods return a grid whose calibration loss is at most the best hand-designed grid's: if
+the search ends above it, the hand grid itself is returned (``record["fallback"]`` names it).
 
 Learned (:class:`Learned`; LD3, Tong et al., ICLR 2025, "Learning to discretize denoising
 diffusion ODEs"). The grid is monotone by construction: lambda_k = lambda(T) + (lambda(t_min)
@@ -43,8 +49,8 @@ the end-to-end distance
     L(w) = E || sample(x_T; grid(w)) - teacher(x_T) ||^2 / dim,
 
 minimised by Adam through the differentiable sampler (sdesolve's fixed-grid loop keeps the grid
-in the autograd graph). w starts from the best of the log-SNR, Karras (rho = 7), uniform and the
-solver's default grid; the best iterate seen is returned. Gradients reach only w
+in the autograd graph). w starts from the best of the hand-designed grids (log-SNR, Karras rho = 7,
+uniform, quadratic, time-uniform rho = 2 and the solver's default); the best iterate seen is returned. Gradients reach only w
 (``torch.autograd.grad``): a model's parameters are never touched.
 
 Caching: results are kept in memory by (model identity, process, solver, steps, method, teacher,
@@ -368,13 +374,30 @@ def _logits_of(process, grid):
 def _hand_grids(process, solver, steps):
     from . import schedules
     grids = {"logsnr": schedules.logsnr(process, steps), "karras": schedules.karras(7.0)(process, steps),
-             "uniform": schedules.uniform(process, steps)}
+             "uniform": schedules.uniform(process, steps), "quadratic": schedules.quadratic(process, steps)}
+    if process.t_min >= 0:
+        grids["time_uniform(rho=2.0)"] = schedules.time_uniform(2.0)(process, steps)
     default = solver.default_schedule
     if default is not None:
         g = default(process, steps)
         if float(g[-1]) == float(grids["logsnr"][-1]):  # a grid to sigma = 0 ends elsewhere: not comparable
             grids.setdefault(getattr(default, "__name__", "default"), g)
     return grids
+
+
+def _snap(process, taus, grid) -> list:
+    """The candidate path nearest to ``grid`` in log-SNR: strictly increasing indices, the ends
+    at 0 and M (None when the grid has more steps than fit)."""
+    lam_c, lam_g = process.lam(taus), process.lam(grid.to(torch.float64))
+    M, N = taus.numel() - 1, grid.numel() - 1
+    path = [0]
+    for k in range(1, N):
+        j = int(torch.argmin((lam_c - lam_g[k]).abs()))
+        j = max(j, path[-1] + 1)
+        if j > M - (N - k):
+            return None
+        path.append(j)
+    return path + [M]
 
 
 def _hand_losses(process, score, solver, steps, x_T, target) -> dict:
@@ -495,11 +518,22 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         C = _dp_costs(process, score, solver, steps, taus, X, S0)
         path, dp_cost = cheapest_path(C, steps)
         loss_dp = _end_loss(process, score, solver, x_T, taus[path], target)
+        # the refinement starts from the better of the dynamic program's path and the best hand
+        # grid moved onto the candidates: the local cost model can miss what a hand grid gets right
+        hands = _hand_losses(process, score, solver, steps, x_T, target)
+        best_hand = min(hands, key=hands.get)
+        start_from = "dynamic program"
+        snapped = _snap(process, taus, _hand_grids(process, solver, steps)[best_hand])
+        if snapped is not None and snapped != path:
+            loss_snapped = _end_loss(process, score, solver, x_T, taus[snapped], target)
+            if loss_snapped < loss_dp:
+                path, start_from = snapped, f"{best_hand} on the candidates"
         path, loss_after, evals = _refine(process, score, solver, x_T, taus, path, target, method.sweeps)
         grid = taus[path].clone()
         details = {"candidates": method.candidates, "candidate_spacing": "log-SNR uniform",
                    "dp_path_cost": dp_cost, "loss_dp_before_refinement": loss_dp, "refinement_solves": evals,
-                   "candidate_indices": path, "history_points": _multistep_history(solver)}
+                   "refinement_start": start_from, "candidate_indices": path,
+                   "history_points": _multistep_history(solver)}
     else:
         _, X = _teacher_states(process, score, teacher, x_T, teacher.steps)
         target = X[-1]
@@ -533,9 +567,10 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         details = {"init": init_name, "iterations": method.iterations, "lr": method.lr,
                    "batch": method.batch, "loss_curve_every_10": history[::10],
                    "parametrization": "softmax of log-SNR increments"}
-    if isinstance(method, DynamicProgramming):
-        hands = _hand_losses(process, score, solver, steps, x_T, target)
     best_hand = min(hands, key=hands.get)
+    if loss_after > hands[best_hand]:  # never return a grid worse than a hand grid on the calibration batch
+        grid, loss_after = _hand_grids(process, solver, steps)[best_hand].clone(), hands[best_hand]
+        details["fallback"] = best_hand
     seconds = time.perf_counter() - start
     record = {"method": method.name, "method_options": {k: v for k, v in asdict(method).items()},
               "solver": repr(solver), "steps": steps, "nfe": steps * int(solver.nfe_per_step),
