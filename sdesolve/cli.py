@@ -4,6 +4,7 @@
     sdesolve sample --checkpoint DIR --solver NAME[:key=value,...] --nfe N --n COUNT --seed S --out FILE
     sdesolve bench  --checkpoint DIR | --gmm NAME|FILE.json --solvers LIST --nfe LIST --n COUNT --seed S --out DIR
                     [--metrics LIST] [--features NET] [--work-precision] [--optimized-grids dp,learned]
+                    [--optimized-nfe LIST] [--optimized-solvers LIST]
     sdesolve likelihood --checkpoint DIR --data FILE|DATASET [--solver dopri5:rtol=1e-5,atol=1e-5] [--trace exact]
     sdesolve schedule --checkpoint DIR | --gmm NAME --solver SPEC --nfe N --method dp|learned --out grid.pt
 
@@ -569,7 +570,13 @@ def cmd_bench(args) -> int:
         entries = [reference] if reference is not None else []
         for s, own in zip(solvers, own_tol):
             entries += [runner.Entry(s, tol=s.rtol)] if own else runner.grid([s], nfe, tols)
-        entries += _grid_rows(args, problem, solvers, nfe, device)
+        opt_nfe = _int_list(args.optimized_nfe) if args.optimized_nfe else nfe
+        try:
+            opt_solvers = [solver_from_spec(s) for s in _spec_list(args.optimized_solvers)] \
+                if args.optimized_solvers else solvers
+        except ValueError as e:
+            raise SystemExit(f"sdesolve bench: --optimized-solvers {args.optimized_solvers!r}: {e}") from None
+        entries += _grid_rows(args, problem, solvers, nfe, device, opt_solvers, opt_nfe)
         entries += runner.grid([], nfe, tols, peers)
     except ValueError as e:
         raise SystemExit(f"sdesolve bench: {e}") from None
@@ -628,9 +635,10 @@ def _optimize(args, problem, solver, steps, method, device, command):
                                 cache=args.grid_cache)
 
 
-def _grid_rows(args, problem, solvers, nfe, device) -> list:
+def _grid_rows(args, problem, solvers, nfe, device, opt_solvers=None, opt_nfe=None) -> list:
     """bench rows with an explicit grid: --schedule FILE for every deterministic fixed-step solver,
-    and --optimized-grids METHODS: one grid per solver, budget and method."""
+    and --optimized-grids METHODS: one grid per method, budget of ``opt_nfe`` and deterministic
+    fixed-step solver of ``opt_solvers`` (default: those of ``solvers`` and ``nfe``)."""
     from .bench import runner
     rows = []
     fixed = [s for s in solvers if not s.adaptive and not s.stochastic]
@@ -640,8 +648,8 @@ def _grid_rows(args, problem, solvers, nfe, device) -> list:
                  for s in fixed]
     for name in filter(None, (m.strip().lower() for m in (args.optimized_grids or "").split(","))):
         method = _grid_method(args, name)
-        for s in fixed:
-            for k in nfe:
+        for s in [s for s in (opt_solvers or solvers) if not s.adaptive and not s.stochastic]:
+            for k in (opt_nfe or nfe):
                 steps = steps_for_nfe(s, k)
                 if isinstance(method, gridopt.DynamicProgramming) and steps > method.candidates:
                     continue
@@ -921,6 +929,9 @@ def _add_bench(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--optimized-grids", default="",
                    help="add rows with grids optimized per solver and NFE: dp, learned or dp,learned")
+    p.add_argument("--optimized-nfe", help="NFE budgets of the optimized-grid rows (default: every --nfe)")
+    p.add_argument("--optimized-solvers", help="solver specs of the optimized-grid rows (default: every deterministic "
+                                               "fixed-step solver of --solvers)")
     p.add_argument("--schedule", help="a grid file: add a row with it for every deterministic fixed-step solver")
     _add_grid_options(p)
     p.set_defaults(func=cmd_bench)

@@ -185,3 +185,20 @@ def test_cli_schedule_and_bench_rows(tmp_path, capsys):
         main(["bench", "--gmm", "gmm8d", "--solvers", "euler", "--nfe", "3", "--n", "8", "--seed", "5",
               "--optimization-seed", "5", "--optimized-grids", "dp", "--reference", "none", "--peers", "none",
               "--out", str(tmp_path / "b2")])
+
+
+def test_cli_bench_optimized_rows_follow_their_budgets_and_solvers(tmp_path):
+    """--optimized-nfe and --optimized-solvers choose which (solver, NFE) pairs get an optimized
+    row; the plain rows keep every --nfe and --solvers."""
+    from sdesolve.cli import main
+
+    assert main(["bench", "--gmm", "gmm8d", "--solvers", "euler,heun", "--nfe", "2,4", "--n", "20",
+                 "--tolerances", "", "--reference", "none", "--peers", "none", "--warmup", "0", "--quiet",
+                 "--reference-n", "200", "--optimized-grids", "learned", "--iterations", "2",
+                 "--optimized-nfe", "4", "--optimized-solvers", "heun", "--optimization-n", "8", "--teacher-steps", "32",
+                 "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    optimized = sorted(r["sampler"] for r in rows if r.get("grid_method") == "learned")
+    plain = sorted(r["sampler"] for r in rows if not r.get("grid_method"))
+    assert optimized == ["Heun @4 [learned grid]"]
+    assert plain == ["Euler @2", "Euler @4", "Heun @2", "Heun @4"]
