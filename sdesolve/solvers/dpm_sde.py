@@ -36,7 +36,7 @@ import torch
 
 from ..kernels import affine_noise_step
 from ..noise import kernel_noise
-from ..schedules import logsnr
+from ..schedules import logsnr, time_uniform
 from .base import CONTROLLED, Step, per_sample
 from .diffusion import DiffusionSolver
 from .exponential import ancestral, data_step, point
@@ -95,12 +95,12 @@ class DPMSolverPP3MSDE(DiffusionSolver):
 
 class DPMSolverPPSDE(DiffusionSolver):
     """k-diffusion's stochastic singlestep DPM-Solver++ (``sample_dpmpp_sde``), two model
-    evaluations per step; see the module docstring. Default grid: ``logsnr`` (measured, as for
-    DPMSolverPP3MSDE)."""
+    evaluations per step; see the module docstring. Default grid: ``time_uniform(2.0)``
+    (measured best at 5-10 evaluations on both mixtures; the README's defaults table)."""
 
     order = 2
     nfe_per_step = 2
-    default_schedule = staticmethod(logsnr)
+    default_schedule = staticmethod(time_uniform(2.0))
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         if eta < 0 or not 0 < r <= 1:

@@ -61,7 +61,7 @@ from dataclasses import replace
 
 import torch
 
-from ..schedules import logsnr
+from ..schedules import time_uniform
 from .base import CONTROLLED, Step, per_sample
 from .diffusion import DiffusionSolver, multistep_order
 from .exponential import point
@@ -161,12 +161,13 @@ class IPNDM(_Adams):
     lower-order warm start; ``variable=True`` uses the variable-step weights (iPNDM_v, order k on
     any grid); ``afs=True`` takes the first step without the model (see the module docstring).
 
-    Default grid: uniform in lambda (``logsnr``), chosen by measurement at 5-10 model evaluations
-    (``benchmarks/results/few_step``, the defaults table in the README): over the digits model and
-    the two mixtures it was the best grid valid for every process, well ahead of EDM's rho = 7
-    grid to sigma = 0 on which Zhou et al. (2024) publish iPNDM."""
+    Default grid ``time_uniform(2.0)`` (t uniform in sqrt(t)), chosen by measurement at 5-10 model
+    evaluations (``benchmarks/results/few_step``, the defaults table in the README): over the
+    digits model and the two mixtures it was the best grid valid for every process, ahead of
+    log-SNR-uniform steps and well ahead of EDM's rho = 7 grid to sigma = 0 on which Zhou et al.
+    (2024) publish iPNDM."""
 
-    default_schedule = staticmethod(logsnr)
+    default_schedule = staticmethod(time_uniform(2.0))
 
     def __init__(self, order: int = 4, variable: bool = False, afs: bool = False, lower_order_final: bool = False):
         if order not in (1, 2, 3, 4):
@@ -185,9 +186,10 @@ class IPNDM(_Adams):
 class LMS(IPNDM):
     """k-diffusion's linear multistep sampler (``sample_lms``; diffusers' LMSDiscreteScheduler):
     the variable-step Adams-Bashforth method in rho, orders 1-4 (``IPNDM(order, variable=True)``).
-    Default grid: uniform in lambda (``logsnr``), measured better than k-diffusion's Karras grid to
-    sigma = 0 at 5-10 evaluations on both mixtures (the README's defaults table); pass
-    ``schedule=append_zero(karras(7.0))`` for k-diffusion's."""
+    Default grid ``time_uniform(2.0)`` (IPNDM's), measured best of the grids valid for every
+    process at 5-10 evaluations on both mixtures, ahead of log-SNR steps and k-diffusion's Karras
+    grid to sigma = 0 (the README's defaults table); pass ``schedule=append_zero(karras(7.0))``
+    for k-diffusion's."""
 
     def __init__(self, order: int = 4, afs: bool = False, lower_order_final: bool = False):
         super().__init__(order, variable=True, afs=afs, lower_order_final=lower_order_final)
@@ -197,10 +199,10 @@ class DEIS(_Adams):
     """DEIS tAB-r (Zhang & Chen 2023): the exponential integrator with eps extrapolated by a
     polynomial of degree r = ``order`` (0-3) in the time t; order r + 1. ``in_log_rho=True``:
     the polynomial in log rho (diffusers' "logrho" DEIS, ``solver_order`` = order + 1).
-    Default grid: uniform in lambda (``logsnr``), chosen by measurement at 5-10 model evaluations
-    (``benchmarks/results/few_step``; the defaults table in the README)."""
+    Default grid ``time_uniform(2.0)`` (t uniform in sqrt(t)), chosen by measurement at 5-10 model
+    evaluations (``benchmarks/results/few_step``; the defaults table in the README)."""
 
-    default_schedule = staticmethod(logsnr)
+    default_schedule = staticmethod(time_uniform(2.0))
     n_quad = 32
 
     def __init__(self, order: int = 3, in_log_rho: bool = False, afs: bool = False, lower_order_final: bool = False):
