@@ -250,3 +250,29 @@ def test_frechet_quality_on_a_checkpoint_caches_reference_statistics(tmp_path, m
     floor = res["floor"]
     # 2 training steps: far from the data, and far above real images of the same size
     assert floor["n"] == 40 and floor["sets"] == 8 and fd > 2 * floor["fd_digits"] > 0
+
+
+def test_lead_compares_our_best_default_row_with_the_best_peer(ring8_run):
+    """At each budget the lead entry pairs sdesolve's best row (on a default grid) with the best
+    peer row: their metrics are the minima of those groups, the difference is ours - peer with
+    an interval around it, and the excess reduction is 1 - (ours - floor) / (peer - floor)."""
+    out, res = ring8_run
+    rows, primary = res["rows"], res["analysis"]["primary"]
+    floor = res["floor"][primary]
+    lead = [e for e in res["analysis"]["lead"] if e["kind"] == "default grid"]
+    assert [e["budget"] for e in lead] == [5, 10]
+    for e in lead:
+        at = [r for r in rows if r["nfe_requested"] == e["budget"] and not r["reference"] and r["error"] is None]
+        ours = min((r for r in at if not r["peer"]), key=lambda r: r["metrics"][primary])
+        peer = min((r for r in at if r["peer"]), key=lambda r: r["metrics"][primary])
+        assert (e["ours"], e["peer"]) == (ours["sampler"], peer["sampler"])
+        d = e["difference"]
+        assert math.isclose(d["diff"], ours["metrics"][primary] - peer["metrics"][primary], rel_tol=1e-9, abs_tol=1e-12)
+        assert d["lo"] <= d["diff"] <= d["hi"]
+        assert e["status"] == ("not resolved" if d["lo"] <= 0 <= d["hi"] else "better" if d["hi"] < 0 else "worse")
+        if peer["metrics"][primary] > floor:
+            want = 1 - (ours["metrics"][primary] - floor) / (peer["metrics"][primary] - floor)
+            assert math.isclose(e["excess_reduction"], want, rel_tol=1e-9)
+        else:  # no excess to reduce
+            assert e["excess_reduction"] is None
+    assert "lead at 5 NFE (default grid)" in (out / "summary.md").read_text()

@@ -260,6 +260,29 @@ def analyse(results: dict, within: float = WITHIN) -> dict:
                         "interval": rows[k].get("intervals", {}).get(primary), "nfe_per_sample": rows[k]["nfe_per_sample"],
                         "not_resolved_from": ties, "candidates": len(idx)})
 
+    floor = (results.get("floor") or {}).get(primary)
+    lead = []
+    for b in budgets:
+        def best_of(keep):
+            idx = [i for i, r in enumerate(rows) if r["nfe_requested"] == b and not r["adaptive"] and not r["reference"]
+                   and ms[i] is not None and keep(r)]
+            return min(idx, key=lambda i: ms[i]) if idx else None
+        j = best_of(lambda r: r["peer"])
+        if j is None:
+            continue
+        for kind, keep in (("default grid", lambda r: not r["peer"] and not r.get("grid_method")),
+                           ("optimized grid", lambda r: not r["peer"] and r.get("grid_method"))):
+            i = best_of(keep)
+            if i is None:
+                continue
+            c = P.cmp(i, j, primary)
+            red = (1.0 - (ms[i] - floor) / (ms[j] - floor)) if _finite(floor) and ms[j] > floor else None
+            lead.append({"budget": b, "kind": kind, "ours": rows[i]["sampler"], "ours_metric": ms[i],
+                         "peer": rows[j]["sampler"], "peer_metric": ms[j], "difference": c,
+                         "excess_reduction": red,
+                         "status": (("better" if c["sign"] < 0 else "worse") if c["resolved"] else "not resolved")
+                         if c else None})
+
     unresolved_t = [rows[i]["sampler"] for i in range(len(rows)) if front_t_point[i] and not front_t[i]]
     unresolved_n = [rows[i]["sampler"] for i in range(len(rows)) if front_n_point[i] and not front_n[i]]
     return {"primary": primary, "within": within, "intervals": P.have, "level": P.level,
@@ -276,7 +299,7 @@ def analyse(results: dict, within: float = WITHIN) -> dict:
                                                              key=lambda i: rows[i]["nfe_per_sample"])],
             "front_time_not_resolved": unresolved_t, "front_nfe_not_resolved": unresolved_n,
             "on_front_time": front_t, "on_front_nfe": front_n, "vs_reference": vs_ref, "reach": reach,
-            "peers": peers, "best_at_budget": best_at}
+            "peers": peers, "best_at_budget": best_at, "lead": lead}
 
 
 def _g(v, digits=4):
@@ -432,7 +455,10 @@ def markdown(results: dict) -> str:
 
 def summary(results: dict) -> str:
     """A few lines a reader can quote: the best row at each NFE budget with its interval (and
-    the rows not resolved from it), the reference, the ODE limit, and where the peers stand."""
+    the rows not resolved from it), the lead at each budget (sdesolve's best row on a default grid,
+    and on an optimized grid, against the best peer row: paired difference, its interval and the
+    reduction of the excess over the floor, 1 - (ours - floor) / (peer - floor)), the reference,
+    the ODE limit, and where the peers stand."""
     meta, a = results["meta"], results["analysis"]
     primary = a["primary"]
     lvl = f"{a.get('level', 0.95):.0%} paired interval" if a.get("intervals") else "no intervals"
@@ -453,6 +479,12 @@ def summary(results: dict) -> str:
                f"{b['candidates'] - 1}" if b["candidates"] > 1 else "")
         lines.append(f"- best at {b['budget']} NFE: {b['best']} ({b['library']}) {_ci(b['metric'], b['interval'])}"
                      + tie)
+    for e in a.get("lead", []):
+        c = e["difference"] or {}
+        iv = f" [{_g(c.get('lo'), 3)}, {_g(c.get('hi'), 3)}]" if c.get("lo") is not None else ""
+        red = f", {100 * e['excess_reduction']:.0f}% less excess over the floor" if e["excess_reduction"] is not None else ""
+        lines.append(f"- lead at {e['budget']} NFE ({e['kind']}): {e['ours']} {_g(e['ours_metric'])} vs best peer "
+                     f"{e['peer']} {_g(e['peer_metric'])}: difference {_g(c.get('diff'), 3)}{iv}, {e['status']}{red}")
     reached = [e for e in a.get("reach", []) if e["reached"]]
     if reached:
         e = min(reached, key=lambda e: e["nfe_per_sample"])
