@@ -5,7 +5,7 @@
   d sigma^2 / dt - 2 f sigma^2 by finite differences, the time shift's formulas, the
   conversions table (velocity <-> x0 / eps / score / v).
 * Sampling 2-D and 8-D mixtures with exact velocities on the linear and cosine paths (Euler,
-  Heun, DPM-Solver++(2M), UniPC, DDIM, EDMHeun and the reverse SDE with g~ = g): component
+  Heun, DPM-Solver++(2M), UniPC, iPNDM, DDIM, EDMHeun and the reverse SDE with g~ = g): component
   proportions within binomial 4-sigma bounds of the exact proportions, and the mean negative
   log-likelihood under the true density within 5 standard errors of exact samples' (the standard
   error of the difference of two independent means of N samples each).
@@ -136,6 +136,7 @@ SOLVERS = [
     (sds.Heun(), 25, 50, None),
     (sds.DPMSolverPP(order=2), 30, 50, None),
     (sds.UniPC(order=2), 30, 50, None),
+    (sds.IPNDM(order=4), 25, 50, None),
     (sds.DDIM(), 100, 200, None),
     (sds.EDMHeun(), 25, 40, None),
     (sds.EulerMaruyama(), 150, 500, sds.schedules.logsnr),  # the reverse SDE, g~ = g
