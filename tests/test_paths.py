@@ -138,7 +138,7 @@ SOLVERS = [
     (sds.UniPC(order=2), 30, 50, None),
     (sds.IPNDM(order=4), 25, 50, None),
     (sds.DDIM(), 100, 200, None),
-    (sds.EDMHeun(), 25, 40, None),
+    (sds.EDMHeun(), 25, 80, None),  # at 40 steps its 8-D bias is +0.21 nats, over half the 5 SE bound
     (sds.EulerMaruyama(), 150, 500, sds.schedules.logsnr),  # the reverse SDE, g~ = g
 ]
 _EXACT = {}
