@@ -33,15 +33,16 @@ end at sigma = 0: wrap a schedule in :func:`sdesolve.solvers.diffusion.append_ze
 Flow paths to pure noise. A path with alpha(T) = 0 (``RectifiedFlow(T=1.0)``, the whole linear path
 of diffusers' flow-matching schedulers) has lambda(T) = -inf and sigma_edm(T) = inf, where no grid
 in lambda or sigma can start (nor sensibly where alpha / sigma is below float64 rounding, lambda <
-log(2^-52) ~ -36: ``CosinePath(T=1.0)``, whose cos(pi / 2) is 6e-17). The grids spaced in lambda or sigma (``logsnr``/``exponential``,
-``karras``, ``polyexponential``, ``beta``) then start at the noise level ``SIGMA_EDM_MAX = 999``
-instead, sigma / alpha = 999, lambda = -log 999 ~ -6.91: on the linear path t = 0.999 = 1 - 1/1000,
-the first point of diffusers' ``use_flow_sigmas`` grids (1 - 1/N, N = 1000 training steps) and the
-default T of ``RectifiedFlow()``, so these grids on ``RectifiedFlow(T=1.0)`` are the grids on
-``RectifiedFlow()``. Sampling starts there from the prior N(0, sigma(T)^2 I) (the dropped alpha x_0
-is 1e-3 x_0 on the linear path). The grids spaced in t (``uniform``, ``quadratic``, ``time_uniform``,
-the timestep spacings) start at T itself, as diffusers' FlowMatch schedulers do. At the data end,
-a time with lambda = +inf (sigma = 0) cannot be the end of a grid in lambda or sigma: an error.
+log(2^-52) ~ -36: ``CosinePath(T=1.0)``, whose cos(pi / 2) is 6e-17). The grids spaced in lambda
+or sigma (``logsnr``/``exponential``, ``karras``, ``polyexponential``, ``beta``) then start at the
+noise level ``SIGMA_EDM_MAX = 999`` instead, sigma / alpha = 999, lambda = -log 999 ~ -6.91: on
+the linear path t = 0.999 = 1 - 1/1000, the first point of diffusers' ``use_flow_sigmas`` grids
+(1 - 1/N, N = 1000 training steps) and the default T of ``RectifiedFlow()``, so these grids on
+``RectifiedFlow(T=1.0)`` are the grids on ``RectifiedFlow()``. Sampling starts there from the prior
+N(0, sigma(T)^2 I) (the dropped alpha x_0 is 1e-3 x_0 on the linear path). The grids spaced in t
+(``uniform``, ``quadratic``, ``time_uniform``, the timestep spacings) start at T itself, as
+diffusers' FlowMatch schedulers do. At the data end, a time with lambda = +inf (sigma = 0) cannot
+be the end of a grid in lambda or sigma: an error.
 """
 from __future__ import annotations
 

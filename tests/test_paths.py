@@ -10,8 +10,8 @@
   log-likelihood under the true density within 5 standard errors of exact samples' (the standard
   error of the difference of two independent means of N samples each).
 * The same distribution through different paths: DPM-Solver(++) / UniPC / DDIM / iPNDM / DEIS in
-  log rho on a VP process and on the linear path, on grids equal in log-SNR, from x_T scaled by sigma_lin / sigma_vp: the
-  samples agree up to that scaling.
+  log rho on a VP process and on the linear path, on grids equal in log-SNR, from x_T scaled by
+  sigma_lin / sigma_vp: the samples agree up to that scaling.
 * Likelihood of a flow with the exact trace against the exact mixture density (corrected for the
   prior's mismatch at T).
 
