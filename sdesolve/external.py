@@ -316,8 +316,9 @@ def load_model(path, constructor=None, *, map_location="cpu", strict: bool = Tru
 # The process: ``RectifiedFlow(T=1.0)``, the whole path (the FlowMatch schedulers start at
 # sigma = 1 exactly, where lambda = -inf, which Euler/Heun on the probability-flow ODE and DDIM
 # handle; the multistep ones start just below 1: 1 - 1/N shifted for DPM-Solver, 1 - 1e-6 for
-# UniPC), t_min = min(1, shift) / N. Since lambda(T) = -inf, sample on the scheduler's grid
-# (``diffusers_schedule``), as diffusers does, rather than a default grid uniform in the log-SNR.
+# UniPC), t_min = min(1, shift) / N. To reproduce diffusers, sample on the scheduler's grid
+# (``diffusers_schedule``); the default grids spaced in the log-SNR start at t = 0.999 on this
+# path (``schedules.SIGMA_EDM_MAX``), those spaced in t at t = 1.
 
 
 def _cfg(obj) -> dict:

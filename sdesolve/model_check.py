@@ -5,6 +5,20 @@ and at a middle noise level: a model whose parametrization, time label or input 
 the process (a VE-style eps model on a VP process, an x0 model declared as eps) gives predictions
 whose size is off by orders of magnitude, and :func:`check_model` raises
 :class:`ModelCheckError` instead of letting a sampler turn them into noise.
+
+What is measured at t = T, where x_T = sigma_T z is (nearly) pure noise:
+
+    eps, score models        the implied noise prediction reproduces z:  |eps_hat - z| / |z| < tol
+    x0, v, denoiser models   the implied x0_hat does not follow z:       |<x0_hat, z>| / |z|^2 < tol
+    velocity models          the same x0 criterion; since u = (alpha' - sigma' alpha / sigma) x0_hat
+                             + sigma' z, it reads <u, z> / |z|^2 = sigma' + (alpha' - sigma' alpha /
+                             sigma) slope: the velocity's component along the noise is about
+                             sigma'(T) (1 on the linear path)
+
+Not distinguishable at T: x0 <-> v on a VP process (both predict about the data mean there);
+eps <-> velocity on the linear path (u = z - E[x_0] ~ z at pure noise); and on a variance-
+preserving path such as the cosine one, where sigma'(T) ~ 0 and u ~ alpha'(T) E[x_0], velocity
+<-> x0, v or a sign-flipped velocity (only eps and score models are caught there).
 """
 from __future__ import annotations
 
@@ -86,9 +100,13 @@ def check_model(score: Score, process, shape, *, batch: int | None = None, devic
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((B, *shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     tT = torch.full((B,), float(process.T), dtype=torch.float64, device=z.device)
-    lam_mid = 0.5 * (process.lam(torch.tensor(process.T, dtype=torch.float64))
-                     + process.lam(torch.tensor(max(process.t_min, 1e-12 * process.T), dtype=torch.float64)))
-    tmid = process.t_of_lam(lam_mid).to(z.device).expand(B).clone()
+    lam_T = process.lam(torch.tensor(process.T, dtype=torch.float64))
+    lam_0 = process.lam(torch.tensor(max(process.t_min, 1e-12 * process.T), dtype=torch.float64))
+    if bool(torch.isfinite(lam_T)):
+        tmid = process.t_of_lam(0.5 * (lam_T + lam_0))
+    else:  # a flow path to alpha(T) = 0 (lambda(T) = -inf): the middle of the time range instead
+        tmid = torch.tensor(0.5 * (process.T + process.t_min), dtype=torch.float64)
+    tmid = tmid.to(z.device).expand(B).clone()
     sT = process.sigma(tT).to(device=z.device, dtype=dtype).reshape((-1,) + (1,) * len(shape))
     x = sT * z
     what = f"the {score.kind}-prediction model (time label {_name(score.time_label)}) on {process!r}"
@@ -123,6 +141,12 @@ def check_model(score: Score, process, shape, *, batch: int | None = None, devic
     if score.kind in ("eps", "score"):
         measured = (f"at t = T (pure noise x_T = sigma_T z) its implied noise prediction should reproduce z "
                     f"(relative error < {tol}); it is off by {eps_error:.3g} (raw output RMS {report.rms_T:.3g})")
+    elif score.kind == "velocity":
+        measured = (f"at t = T (pure noise x_T = sigma_T z) its velocity should be about sigma'(T) z + alpha'(T) "
+                    f"E[x_0], so that the implied denoised prediction does not follow the noise (|<x0_hat, z>| / "
+                    f"|z|^2 < {tol}); the slope is {x0_slope:+.3g} (on the linear path: about +2 for a velocity "
+                    f"of the opposite convention x_0 - z, with time running from noise to data; about +1 for an "
+                    f"x0, v or untrained model; about +2 for a score model)")
     else:
         measured = (f"at t = T (pure noise x_T = sigma_T z) its implied denoised prediction should not follow the "
                     f"noise (|<x0_hat, z>| / |z|^2 < {tol}); the slope is {x0_slope:+.3g} (a noise- or "

@@ -37,9 +37,12 @@ the linear path; for comparison VPSDE spans +4.6 .. -5.0), and the prior at ``T`
 N(0, sigma(T)^2 I), which ignores alpha(T) x_0 (alpha(T) = 1e-3 here, 6.7e-3 for VPSDE).
 ``T = 1`` is allowed (``RectifiedFlow(T=1.0)``, as diffusers' flow-matching schedulers start
 there): Euler/Heun/RK on the probability-flow ODE evaluate the velocity there, and DDIM or the
-first step of DPM-Solver/UniPC go from lambda = -inf exactly; what needs a finite lambda(T) (a
-grid uniform in the log-SNR, multistep ratios of log-SNR steps starting at T, the reverse SDE
-with g~ = g) does not work from there.
+first step of DPM-Solver++/UniPC go from lambda = -inf exactly. Grids spaced in lambda or sigma
+(the default grids of the log-SNR solvers) start at sigma / alpha = ``schedules.SIGMA_EDM_MAX`` =
+999 instead (t = 0.999 on the linear path), where lambda, f and g are finite, so every solver and
+the reverse SDE with g~ = g work on such a path with its default grid (see
+:mod:`sdesolve.schedules`); an explicit grid from t = 1 works with the solvers that do not need
+lambda(T) finite (Euler, Heun, RK, DDIM, DPM-Solver++, UniPC).
 """
 from __future__ import annotations
 

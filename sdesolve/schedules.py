@@ -29,19 +29,60 @@ tensor instead of a function.
 
 All grids in sigma are mapped back to t through ``process.t_of_sigma_edm``. k-diffusion's grids
 end at sigma = 0: wrap a schedule in :func:`sdesolve.solvers.diffusion.append_zero` for that.
+
+Flow paths to pure noise. A path with alpha(T) = 0 (``RectifiedFlow(T=1.0)``, the whole linear path
+of diffusers' flow-matching schedulers) has lambda(T) = -inf and sigma_edm(T) = inf, where no grid
+in lambda or sigma can start (nor sensibly where alpha / sigma is below float64 rounding, lambda <
+log(2^-52) ~ -36: ``CosinePath(T=1.0)``, whose cos(pi / 2) is 6e-17). The grids spaced in lambda
+or sigma (``logsnr``/``exponential``, ``karras``, ``polyexponential``, ``beta``) then start at the
+noise level ``SIGMA_EDM_MAX = 999`` instead, sigma / alpha = 999, lambda = -log 999 ~ -6.91: on
+the linear path t = 0.999 = 1 - 1/1000, the first point of diffusers' ``use_flow_sigmas`` grids
+(1 - 1/N, N = 1000 training steps) and the default T of ``RectifiedFlow()``, so these grids on
+``RectifiedFlow(T=1.0)`` are the grids on ``RectifiedFlow()``. Sampling starts there from the prior
+N(0, sigma(T)^2 I) (the dropped alpha x_0 is 1e-3 x_0 on the linear path). The grids spaced in t
+(``uniform``, ``quadratic``, ``time_uniform``, the timestep spacings) start at T itself, as
+diffusers' FlowMatch schedulers do. At the data end, a time with lambda = +inf (sigma = 0) cannot
+be the end of a grid in lambda or sigma: an error.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 __all__ = ["uniform", "quadratic", "logsnr", "karras", "exponential", "polyexponential", "beta", "time_uniform",
-           "linspace_timesteps", "leading_timesteps", "trailing_timesteps", "validate"]
+           "linspace_timesteps", "leading_timesteps", "trailing_timesteps", "validate", "SIGMA_EDM_MAX"]
+
+SIGMA_EDM_MAX = 999.0
+"""Where grids in lambda or sigma start on a path whose noise end has alpha = 0 (module docstring)."""
 
 
 def _ends(process, t_start, t_end):
     t_start = process.T if t_start is None else float(t_start)
     t_end = process.t_min if t_end is None else float(t_end)
     return t_start, t_end
+
+
+_LAM_ZERO_ALPHA = math.log(torch.finfo(torch.float64).eps)  # -36.04
+
+
+def _finite_ends(process, a, b, name):
+    """(a, b) with an end at lambda = -inf (alpha = 0, pure noise) moved to sigma_edm =
+    ``SIGMA_EDM_MAX``; an end at lambda = +inf (sigma = 0) is an error naming the schedule."""
+    out = []
+    for t in (a, b):
+        lam = float(process.lam(torch.tensor(t, dtype=torch.float64)))
+        if lam < _LAM_ZERO_ALPHA:  # alpha = 0, or alpha / sigma below float64 rounding (cos(pi / 2) = 6e-17)
+            t = float(process.t_of_sigma_edm(torch.tensor(SIGMA_EDM_MAX, dtype=torch.float64)))
+        elif not math.isfinite(lam):
+            raise ValueError(f"{name}: the grid is spaced in the log-SNR / noise level, which is {lam} at t = {t} "
+                             f"on {process!r} (sigma = 0 there); end it at a time with sigma > 0 (t_end = t_min)")
+        out.append(t)
+    a2, b2 = out
+    if not (a2 - b2) * (a - b) > 0:
+        raise ValueError(f"{name}: on {process!r} the grid from t = {a} to {b} starts at sigma/alpha = "
+                         f"{SIGMA_EDM_MAX} (t = {a2 if a2 != a else b2}), outside the interval")
+    return a2, b2
 
 
 def _check_steps(steps):
@@ -70,7 +111,7 @@ def logsnr(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
     """Times equally spaced in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's "logSNR"
     spacing, Lu et al. 2022a), mapped back through the process's inverse of lambda."""
     _check_steps(steps)
-    a, b = _ends(process, t_start, t_end)
+    a, b = _finite_ends(process, *_ends(process, t_start, t_end), "logsnr")
     lam = torch.linspace(float(process.lam(a)), float(process.lam(b)), steps + 1, dtype=torch.float64)
     t = process.t_of_lam(lam)
     t[0], t[-1] = a, b  # exact end points despite the round trip
@@ -81,7 +122,7 @@ def karras(rho: float = 7.0):
     """The EDM grid with exponent ``rho`` (Karras et al. 2022), as a schedule function."""
     def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
         _check_steps(steps)
-        a, b = _ends(process, t_start, t_end)
+        a, b = _finite_ends(process, *_ends(process, t_start, t_end), "karras")
         s_max, s_min = float(process.sigma_edm(a)), float(process.sigma_edm(b))
         u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
         sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
@@ -111,7 +152,7 @@ def polyexponential(rho: float = 1.0):
 
     def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
         _check_steps(steps)
-        a, b = _ends(process, t_start, t_end)
+        a, b = _finite_ends(process, *_ends(process, t_start, t_end), "polyexponential")
         ls_max, ls_min = float(torch.log(process.sigma_edm(a))), float(torch.log(process.sigma_edm(b)))
         ramp = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** rho
         return _in_sigma(process, a, b, torch.exp(ls_min + ramp * (ls_max - ls_min)))
@@ -129,7 +170,7 @@ def beta(a: float = 0.6, b: float = 0.6):
     def schedule(process, steps: int, t_start=None, t_end=None) -> torch.Tensor:
         from scipy.stats import beta as beta_dist
         _check_steps(steps)
-        t0, t1 = _ends(process, t_start, t_end)
+        t0, t1 = _finite_ends(process, *_ends(process, t_start, t_end), "beta")
         s_max, s_min = float(process.sigma_edm(t0)), float(process.sigma_edm(t1))
         q = torch.as_tensor(beta_dist.ppf(1.0 - torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).numpy(),
                                           a, b), dtype=torch.float64)

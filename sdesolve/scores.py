@@ -99,11 +99,14 @@ class Score:
         return cls._adapter(model, process, "v", time_label, check, check_tol, kw)
 
     @classmethod
-    def from_velocity(cls, model, process, time_label=labels.continuous, **kw):
-        """A flow-matching model: u = alpha'(t) x_0 + sigma'(t) z on ``process`` (its training path)."""
+    def from_velocity(cls, model, process, time_label=labels.continuous, *, check: bool = True,
+                      check_tol: float = 0.5, **kw):
+        """A flow-matching model: u = alpha'(t) x_0 + sigma'(t) z on ``process`` (its training path).
+        First-use check as :meth:`from_eps` (at pure noise, the velocity's component along z must be
+        about sigma'(T): see :func:`sdesolve.model_check.check_model`)."""
         if process is None:
             raise ValueError("Score.from_velocity needs the path the velocity is defined on")
-        return cls(model, process, "velocity", time_label, **kw)
+        return cls._adapter(model, process, "velocity", time_label, check, check_tol, kw)
 
     @classmethod
     def from_denoiser(cls, model, process, time_label=labels.sigma, *, check: bool = True, check_tol: float = 0.5,

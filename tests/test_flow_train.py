@@ -104,6 +104,37 @@ def test_cli_trains_a_velocity_model(tmp_path, loss, process):
                   "--out", str(tmp_path / "bad"), "--quiet"])
 
 
+def test_bench_on_a_flow_checkpoint_with_flowmatch_peer_rows(tmp_path):
+    """``sdesolve bench`` on a flow checkpoint (trained through the CLI from a .npy file) with
+    diffusers' FlowMatch Euler and Heun schedulers as peer rows: each peer row sits beside its
+    sdesolve counterpart with the same NFE and, from the same x_T on the same grid, the same samples
+    (so the same metrics, to float32 rounding)."""
+    pytest.importorskip("diffusers")
+    import json
+
+    np.save(tmp_path / "pts.npy", gmm2d(2000, torch.Generator().manual_seed(1)).numpy())
+    ckpt = tmp_path / "flow"
+    cli.main(["train", "--data", str(tmp_path / "pts.npy"), "--model", "mlp", "--hidden", "32", "--depth", "1",
+              "--loss", "cfm", "--steps", "30", "--batch-size", "64", "--out", str(ckpt), "--quiet", "--threads", "1"])
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--checkpoint", str(ckpt), "--solvers", "euler,heun", "--nfe", "4,8", "--tolerances", "",
+                     "--reference", "none", "--peers", "diffusers-flowmatch-euler,diffusers-flowmatch-heun",
+                     "--n", "64", "--bootstrap", "0", "--repeats", "1", "--warmup", "0", "--quiet", "--threads", "1",
+                     "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["sampler"]: r for r in res["rows"]}
+    peers = [r for r in res["rows"] if r["peer"]]
+    assert {r["library"] for r in peers} == {"diffusers"} and len(peers) == 4, list(rows)
+    for r in peers:
+        assert r["error"] is None
+        mine = next(m for m in res["rows"] if not m["peer"] and m["family"] == r["counterpart"]
+                    and m["nfe_requested"] == r["nfe_requested"])
+        assert mine["nfe"] == r["nfe"] and mine["x_T_sha1"] == r["x_T_sha1"]
+        for k, v in r["metrics"].items():
+            assert v == pytest.approx(mine["metrics"][k], rel=1e-4, abs=1e-6), (r["sampler"], k)
+    assert "FlowMatchEulerDiscrete" in (out / "results.md").read_text()
+
+
 # --- slow: training to quality ----------------------------------------------------------------------
 def _run_cli(*args):
     subprocess.run([sys.executable, "-m", "sdesolve", *args, "--threads", "1"], check=True)

@@ -5,13 +5,13 @@
   d sigma^2 / dt - 2 f sigma^2 by finite differences, the time shift's formulas, the
   conversions table (velocity <-> x0 / eps / score / v).
 * Sampling 2-D and 8-D mixtures with exact velocities on the linear and cosine paths (Euler,
-  Heun, DPM-Solver++(2M), UniPC, DDIM, EDMHeun and the reverse SDE with g~ = g): component
+  Heun, DPM-Solver++(2M), UniPC, iPNDM, DDIM, EDMHeun and the reverse SDE with g~ = g): component
   proportions within binomial 4-sigma bounds of the exact proportions, and the mean negative
   log-likelihood under the true density within 5 standard errors of exact samples' (the standard
   error of the difference of two independent means of N samples each).
-* The same distribution through different paths: DPM-Solver++ / UniPC / DDIM on a VP process and
-  on the linear path, on grids equal in log-SNR, from x_T scaled by sigma_lin / sigma_vp: the
-  samples agree up to that scaling.
+* The same distribution through different paths: DPM-Solver(++) / UniPC / DDIM / iPNDM / DEIS in
+  log rho on a VP process and on the linear path, on grids equal in log-SNR, from x_T scaled by
+  sigma_lin / sigma_vp: the samples agree up to that scaling.
 * Likelihood of a flow with the exact trace against the exact mixture density (corrected for the
   prior's mismatch at T).
 
@@ -136,8 +136,9 @@ SOLVERS = [
     (sds.Heun(), 25, 50, None),
     (sds.DPMSolverPP(order=2), 30, 50, None),
     (sds.UniPC(order=2), 30, 50, None),
+    (sds.IPNDM(order=4), 25, 50, None),
     (sds.DDIM(), 100, 200, None),
-    (sds.EDMHeun(), 25, 40, None),
+    (sds.EDMHeun(), 25, 80, None),  # at 40 steps its 8-D bias is +0.21 nats, over half the 5 SE bound
     (sds.EulerMaruyama(), 150, 500, sds.schedules.logsnr),  # the reverse SDE, g~ = g
 ]
 _EXACT = {}
@@ -225,8 +226,11 @@ def test_reverse_family_free_diffusion():
 
 
 # --- the same distribution through different paths ---------------------------------------------------
-@pytest.mark.parametrize("solver", [sds.DPMSolverPP(order=2), sds.UniPC(order=2), sds.DDIM(), sds.DPMSolver(order=3)],
-                         ids=lambda s: type(s).__name__)
+# the solvers stepping in the log-SNR (or sigma = e^-lambda) are invariant under the change of path;
+# Euler/Heun in t and DEIS's tAB (a polynomial in t) are not, by construction
+@pytest.mark.parametrize("solver", [sds.DPMSolverPP(order=2), sds.UniPC(order=2), sds.DDIM(), sds.DPMSolver(order=3),
+                                    sds.IPNDM(order=4), sds.DEIS(order=3, in_log_rho=True)],
+                         ids=["DPMSolverPP", "UniPC", "DDIM", "DPMSolver3", "IPNDM", "DEIS-logrho"])
 def test_vp_and_linear_paths_give_the_same_samples(solver):
     vp, rf = sds.VPSDE(), sds.RectifiedFlow()
     grid_vp = sds.schedules.logsnr(vp, 12)
@@ -251,4 +255,4 @@ def test_flow_likelihood_matches_mixture_density(path):
     err = (res.logp - mismatch - exact).abs()
     print(f"\n{type(path).__name__}: MAE {err.mean():.2e} nats (max {err.max():.2e}), prior mismatch mean "
           f"{mismatch.mean():+.2e}, nfe {res.nfe}")
-    assert err.mean() < 2e-3
+    assert err.max() < 2e-3
