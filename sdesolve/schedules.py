@@ -40,8 +40,10 @@ the linear path t = 0.999 = 1 - 1/1000, the first point of diffusers' ``use_flow
 (1 - 1/N, N = 1000 training steps) and the default T of ``RectifiedFlow()``, so these grids on
 ``RectifiedFlow(T=1.0)`` are the grids on ``RectifiedFlow()``. Sampling starts there from the prior
 N(0, sigma(T)^2 I) (the dropped alpha x_0 is 1e-3 x_0 on the linear path). The grids spaced in t
-(``uniform``, ``quadratic``, ``time_uniform``, the timestep spacings) start at T itself, as
-diffusers' FlowMatch schedulers do. At the data end, a time with lambda = +inf (sigma = 0) cannot
+(``uniform``, ``quadratic``, the timestep spacings) start at T itself, as diffusers' FlowMatch
+schedulers do; ``time_uniform``, the default grid of the samplers that work in lambda or in
+rho = sigma / alpha (which is infinite at alpha = 0), starts at ``SIGMA_EDM_MAX`` like the grids in
+sigma. At the data end, a time with lambda = +inf (sigma = 0) cannot
 be the end of a grid in lambda or sigma: an error.
 """
 from __future__ import annotations
@@ -83,6 +85,13 @@ def _finite_ends(process, a, b, name):
         raise ValueError(f"{name}: on {process!r} the grid from t = {a} to {b} starts at sigma/alpha = "
                          f"{SIGMA_EDM_MAX} (t = {a2 if a2 != a else b2}), outside the interval")
     return a2, b2
+
+
+def _noise_start(process, a):
+    """``a``, or where sigma_edm = ``SIGMA_EDM_MAX`` when alpha(a) = 0 (module docstring)."""
+    if float(process.lam(torch.tensor(a, dtype=torch.float64))) < _LAM_ZERO_ALPHA:
+        return float(process.t_of_sigma_edm(torch.tensor(SIGMA_EDM_MAX, dtype=torch.float64)))
+    return a
 
 
 def _check_steps(steps):
@@ -192,6 +201,7 @@ def time_uniform(rho: float = 1.0):
         a, b = _ends(process, t_start, t_end)
         if b < 0:
             raise ValueError(f"time_uniform needs times >= 0, got t_end = {b}")
+        a = _noise_start(process, a)
         u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
         t = (a ** (1 / rho) + u * (b ** (1 / rho) - a ** (1 / rho))) ** rho
         t[0], t[-1] = a, b

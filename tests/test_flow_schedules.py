@@ -44,11 +44,22 @@ def test_grids_in_lambda_or_sigma_start_at_sigma_edm_max(schedule):
     assert float(up[0]) == full.t_min and float(up[-1]) == pytest.approx(0.999, abs=1e-15)
 
 
-@pytest.mark.parametrize("schedule", [S.uniform, S.quadratic, S.time_uniform(2.0), S.linspace_timesteps()],
-                         ids=["uniform", "quadratic", "time_uniform", "linspace_timesteps"])
+@pytest.mark.parametrize("schedule", [S.uniform, S.quadratic, S.linspace_timesteps()],
+                         ids=["uniform", "quadratic", "linspace_timesteps"])
 def test_grids_in_t_start_at_T(schedule):
     g = schedule(sds.RectifiedFlow(T=1.0), 10)
     assert float(g[0]) == 1.0 and torch.isfinite(g).all()
+
+
+def test_time_uniform_starts_where_rho_is_finite():
+    """time_uniform, the default grid of the solvers in lambda and rho = sigma / alpha, starts at
+    sigma / alpha = SIGMA_EDM_MAX on a path to pure noise, and at T where alpha(T) > 0."""
+    for p in (sds.RectifiedFlow(T=1.0), sds.CosinePath(T=1.0)):
+        g = S.time_uniform(2.0)(p, 10)
+        assert torch.isfinite(g).all() and (g[1:] < g[:-1]).all() and float(g[-1]) == p.t_min
+        assert float(p.sigma_edm(g[0])) == pytest.approx(S.SIGMA_EDM_MAX, rel=1e-9)
+    for p in (sds.VPSDE(), sds.RectifiedFlow()):
+        assert float(S.time_uniform(2.0)(p, 10)[0]) == p.T
 
 
 def test_a_data_end_at_sigma_zero_is_refused():
