@@ -16,7 +16,8 @@
 #
 # Environment: CKPT (default runs/main_job/digits), OUT (default runs/main_job/bench, or
 # benchmarks/results/main_job with REFRESH_RESULTS=1), N (samples per row, default 1000), NPROC
-# (processes for the benchmark via torchrun, default 1), BOOTSTRAP (resamples, default 400),
+# (processes for the benchmark via torchrun, one per core: default 2; each takes half of every row's
+# samples, so a row's time is that of its half), BOOTSTRAP (resamples, default 400),
 # SKIP_SETUP=1 to use the current environment as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ fi
 mkdir -p "$OUT"
 BOOTSTRAP=${BOOTSTRAP:-400}
 N=${N:-1000}
-NPROC=${NPROC:-1}
+NPROC=${NPROC:-2}
 now() { date +%s.%N; }
 
 t0=$(now)
@@ -51,9 +52,11 @@ fi
 t2=$(now)
 
 BENCH=(bench --checkpoint "$CKPT"
-    --solvers "eulermaruyama,euler,heun,ddim,ipndm,deis,dpmsolverpp:order=2,dpmsolverpp:order=2,sde=true,unipc:order=3,edmheun,dopri5,adaptivesde:rtol=0.1,atol=0.1"
+    --solvers "eulermaruyama,euler,ddim,ipndm,deis,dpmsolverpp:order=2,dpmsolverpp:order=2,sde=true,unipc,sasolver,edmheun,dopri5,adaptivesde:rtol=0.1,atol=0.1"
     --nfe 5,10,20,50 --tolerances 1e-1,1e-2,1e-3 --reference eulermaruyama@1000
-    --peers "kdiffusion:dpmpp_2m,kdiffusion:heun,kdiffusion:lms,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,diffusers-unipc,torchdiffeq:dopri5,torchsde:euler"
+    --optimized-grids dp --optimized-nfe 5,10 --optimized-solvers "unipc,dpmsolverpp:order=2"
+    --optimization-n 32 --teacher-steps 64 --candidates 32 --sweeps 2
+    --peers "kdiffusion:dpmpp_2m,kdiffusion:heun,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,diffusers-unipc,torchdiffeq:dopri5,torchsde:euler"
     --n "$N" --seed 0 --batch-size 500 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT")
 if [ "$NPROC" -gt 1 ]; then
     python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m sdesolve -- "${BENCH[@]}"
