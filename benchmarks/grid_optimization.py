@@ -65,6 +65,21 @@ class QualityMetric:
         return float(self.m.evaluate(rep, w)[0])
 
 
+def problem_represent(problem, args) -> dict:
+    """--feature-loss: the digits classifier's features of the samples (in [-1, 1]) as the
+    representation of the optimizers' losses (LD3 measures its loss in LPIPS features)."""
+    if not (args.feature_loss and problem.model is not None):
+        return {}
+    from sdesolve.metrics.features import DigitsClassifierFeatures
+    ex = DigitsClassifierFeatures()
+    lo, hi = problem.quality.info["data_range"]
+
+    def represent(y):
+        x = problem.to_data(y)
+        return ex(((x - lo) * (2.0 / (hi - lo)) - 1.0).float())
+    return {"represent": represent, "represent_id": "digits-classifier features"}
+
+
 def _ci(v, point):
     """95% interval from bootstrap values: percentiles with 100 resamples or more, else the
     normal approximation point ± 1.96 sd (steadier with few resamples)."""
@@ -137,7 +152,7 @@ def run_problem(name, problem, metric, args, methods, dtype, model_id, log):
                 with torch.no_grad():
                     opt = go.optimize(process, score, solver, steps, method=method, n=args.calibration_n,
                                       seed=args.calibration_seed, reference=teacher, shape=shape, dtype=dtype,
-                                      model_id=model_id)
+                                      model_id=model_id, **problem_represent(problem, args))
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     y = sds.sample(process, score, solver, x_T=x_T, schedule=opt.grid, seed=args.seed).y
@@ -286,6 +301,8 @@ def main(argv=None):
     ap.add_argument("--bootstrap", type=int, default=30, help="bootstrap resamples (mixtures: each is a sort of the "
                     "samples' projections, interpolated to the reference's 10000 levels)")
     ap.add_argument("--bootstrap-digits", type=int, default=200)
+    ap.add_argument("--feature-loss", action="store_true",
+                    help="digits: measure the optimizers' losses in the digits classifier's features")
     ap.add_argument("--out", required=True)
     ap.add_argument("--distance-from", help="a results .json of this script: measure its grids' distance to the "
                     "teacher on the evaluation samples instead")

@@ -216,8 +216,11 @@ def _initial(process, n: int, shape, seed: int, device, dtype) -> torch.Tensor:
     return process.prior_from_normal(z)
 
 
-def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared difference (B,), float64."""
+def _mse(a: torch.Tensor, b: torch.Tensor, represent=None) -> torch.Tensor:
+    """Per-sample mean squared difference (B,), float64, of the samples or of their
+    representations ``represent(x)`` ((B, d) each)."""
+    if represent is not None:
+        a, b = represent(a), represent(b)
     return (a - b).reshape(a.shape[0], -1).to(torch.float64).pow(2).mean(1)
 
 
@@ -267,7 +270,7 @@ def _teacher_states(process, score, teacher: Teacher, x_T, every: int = 1):
 
 
 # --- dynamic programming -----------------------------------------------------------------------------
-def _dp_costs(process, score, solver, steps, taus, X, S0):
+def _dp_costs(process, score, solver, steps, taus, X, S0, represent=None):
     """C (M+1, M+1) of the module docstring. X: teacher states (M+1, n, ...); S0: the model's
     native predictions at them (M+1, n, ...)."""
     M, n = taus.numel() - 1, X.shape[1]
@@ -307,20 +310,20 @@ def _dp_costs(process, score, solver, steps, taus, X, S0):
                 state = _init_state(solver, eq, t_i, y_i, plan)
             memo.entries = [(y_i, t_i, S0[i].repeat(r, *([1] * (X.dim() - 2))))]
             y = _step(solver, eq, t_i, tt[J], y_i, state, zero.at(p), p, plan).y.detach()
-            err = _mse(y, X[J, torch.arange(n, device=device).repeat(r)]).reshape(r, n).mean(1)
+            err = _mse(y, X[J, torch.arange(n, device=device).repeat(r)], represent).reshape(r, n).mean(1)
             C[i, js] = err.cpu()
             memo.entries = []
     return C
 
 
-def _end_loss(process, score, solver, x_T, grid, target) -> float:
-    return float(_mse(_run(process, score, solver, x_T, grid).detach(), target).mean())
+def _end_loss(process, score, solver, x_T, grid, target, represent=None) -> float:
+    return float(_mse(_run(process, score, solver, x_T, grid).detach(), target, represent).mean())
 
 
-def _refine(process, score, solver, x_T, taus, path, target, sweeps):
+def _refine(process, score, solver, x_T, taus, path, target, sweeps, represent=None):
     """Greedy end-to-end refinement of a candidate path: (path, loss, evaluations)."""
     path = list(path)
-    loss = _end_loss(process, score, solver, x_T, taus[path], target)
+    loss = _end_loss(process, score, solver, x_T, taus[path], target, represent)
     evals = 1
     for _ in range(sweeps):
         moved = False
@@ -330,7 +333,7 @@ def _refine(process, score, solver, x_T, taus, path, target, sweeps):
                 if not path[k - 1] < c < path[k + 1]:
                     continue
                 trial = path[:k] + [c] + path[k + 1:]
-                l = _end_loss(process, score, solver, x_T, taus[trial], target)
+                l = _end_loss(process, score, solver, x_T, taus[trial], target, represent)
                 evals += 1
                 if l < loss:
                     path, loss, moved = trial, l, True
@@ -400,8 +403,9 @@ def _snap(process, taus, grid) -> list:
     return path + [M]
 
 
-def _hand_losses(process, score, solver, steps, x_T, target) -> dict:
-    return {k: _end_loss(process, score, solver, x_T, g, target) for k, g in _hand_grids(process, solver, steps).items()}
+def _hand_losses(process, score, solver, steps, x_T, target, represent=None) -> dict:
+    return {k: _end_loss(process, score, solver, x_T, g, target, represent)
+            for k, g in _hand_grids(process, solver, steps).items()}
 
 
 # --- caching -------------------------------------------------------------------------------------
@@ -459,14 +463,17 @@ def load_grid(path) -> OptimizedGrid:
 # --- the entry point -------------------------------------------------------------------------------
 def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, seed: int = CALIBRATION_SEED,
              reference: Teacher | None = None, shape=None, device=None, dtype=torch.float64, model_id=None,
-             cache=None) -> OptimizedGrid:
+             cache=None, represent=None, represent_id: str | None = None) -> OptimizedGrid:
     """A grid of ``steps`` steps for ``solver`` on ``process`` with ``score``, optimized against a
     teacher on ``n`` calibration samples (see the module docstring).
 
     method: :class:`DynamicProgramming` or :class:`Learned` (the names "dp" and "learned" give
     their defaults); shape: one sample's shape (required); reference: the :class:`Teacher`;
     seed: calibration seed; model_id: the model's identity for the cache; cache: a directory
-    for the on-disk cache (None: memory only)."""
+    for the on-disk cache (None: memory only); represent: a map of a batch of samples to per-sample
+    features (B, d) in which the losses measure distances (default: the samples themselves; for
+    images a feature network, as LD3 measures its loss in LPIPS; it must be differentiable for
+    :class:`Learned`), with ``represent_id`` naming it for the cache."""
     if isinstance(method, str):
         table = {"dp": DynamicProgramming, "learned": Learned}
         if method not in table:
@@ -496,6 +503,10 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     key_parts = {"model": ident, "process": repr(process), "solver": repr(solver), "steps": steps,
                  "method": repr(method), "teacher": teacher.describe(), "n": int(n), "seed": int(seed),
                  "shape": list(shape), "dtype": str(dtype)}
+    if represent is not None:
+        if represent_id is None:
+            raise ValueError("optimize: give represent_id=, a name of the representation for the cache")
+        key_parts["represent"] = represent_id
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
     if key in _CACHE:
         hit = _CACHE[key]
@@ -515,20 +526,20 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         target = X[-1]
         S0 = torch.stack([score.predict(X[j], taus[j].expand(n).to(X.device), process).detach()
                           for j in range(taus.numel())])
-        C = _dp_costs(process, score, solver, steps, taus, X, S0)
+        C = _dp_costs(process, score, solver, steps, taus, X, S0, represent)
         path, dp_cost = cheapest_path(C, steps)
-        loss_dp = _end_loss(process, score, solver, x_T, taus[path], target)
+        loss_dp = _end_loss(process, score, solver, x_T, taus[path], target, represent)
         # the refinement starts from the better of the dynamic program's path and the best hand
         # grid moved onto the candidates: the local cost model can miss what a hand grid gets right
-        hands = _hand_losses(process, score, solver, steps, x_T, target)
+        hands = _hand_losses(process, score, solver, steps, x_T, target, represent)
         best_hand = min(hands, key=hands.get)
         start_from = "dynamic program"
         snapped = _snap(process, taus, _hand_grids(process, solver, steps)[best_hand])
         if snapped is not None and snapped != path:
-            loss_snapped = _end_loss(process, score, solver, x_T, taus[snapped], target)
+            loss_snapped = _end_loss(process, score, solver, x_T, taus[snapped], target, represent)
             if loss_snapped < loss_dp:
                 path, start_from = snapped, f"{best_hand} on the candidates"
-        path, loss_after, evals = _refine(process, score, solver, x_T, taus, path, target, method.sweeps)
+        path, loss_after, evals = _refine(process, score, solver, x_T, taus, path, target, method.sweeps, represent)
         grid = taus[path].clone()
         details = {"candidates": method.candidates, "candidate_spacing": "log-SNR uniform",
                    "dp_path_cost": dp_cost, "loss_dp_before_refinement": loss_dp, "refinement_solves": evals,
@@ -537,7 +548,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     else:
         _, X = _teacher_states(process, score, teacher, x_T, teacher.steps)
         target = X[-1]
-        hands = _hand_losses(process, score, solver, steps, x_T, target)
+        hands = _hand_losses(process, score, solver, steps, x_T, target, represent)
         init_name = min(hands, key=hands.get)
         init = _hand_grids(process, solver, steps)[init_name]
         T, t_end = float(init[0]), float(init[-1])
@@ -552,7 +563,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
                 xb = x_T if idx is None else x_T[idx.to(x_T.device)]
                 tb = target if idx is None else target[idx.to(target.device)]
                 g = _grid_of(process, w, lam0, lam1, T, t_end)
-                loss = _mse(_run(process, score, solver, xb, g), tb).mean()
+                loss = _mse(_run(process, score, solver, xb, g), tb, represent).mean()
                 if not torch.isfinite(loss):
                     break
                 if idx is None and float(loss) < best_loss:
@@ -563,7 +574,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         if method.batch:
             best_w = w.detach().clone()
         grid = _grid_of(process, best_w, lam0, lam1, T, t_end).detach()
-        loss_after = _end_loss(process, score, solver, x_T, grid, target)
+        loss_after = _end_loss(process, score, solver, x_T, grid, target, represent)
         details = {"init": init_name, "iterations": method.iterations, "lr": method.lr,
                    "batch": method.batch, "loss_curve_every_10": history[::10],
                    "parametrization": "softmax of log-SNR increments"}
@@ -577,7 +588,8 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
               "process": repr(process), "model": ident, "calibration": {"seed": int(seed), "samples": [0, int(n)],
                                                                         "x_T": "prior draws of sample(..., seed=seed)"},
               "teacher": teacher.describe(), "seconds": seconds,
-              "loss": "mean squared distance to the teacher's end state per dimension (calibration batch)",
+              "loss": "mean squared distance to the teacher's end state per dimension (calibration batch)"
+                      + (f", in the representation {represent_id}" if represent is not None else ""),
               "loss_before": hands[best_hand], "loss_before_grid": best_hand, "hand_grid_losses": hands,
               "loss_after": loss_after,
               "grid": [float(t) for t in grid], **details}
