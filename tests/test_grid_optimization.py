@@ -202,3 +202,19 @@ def test_cli_bench_optimized_rows_follow_their_budgets_and_solvers(tmp_path):
     plain = sorted(r["sampler"] for r in rows if not r.get("grid_method"))
     assert optimized == ["Heun @4 [learned grid]"]
     assert plain == ["Euler @2", "Euler @4", "Heun @2", "Heun @4"]
+
+
+def test_a_representation_scales_the_losses_and_keeps_the_argmin():
+    """With represent(y) = 2 y every loss is 4 times the plain one, so the dynamic program and
+    its refinement choose the same grid; the representation is part of the cache key."""
+    go.clear_cache()
+    kw = dict(method=go.DynamicProgramming(candidates=16, sweeps=1), shape=(3,), n=16, seed=5,
+              reference=go.Teacher(steps=32), model_id="gaussian-3d-represent")
+    score = GAUSS.score(P)
+    plain = sds.schedules.optimize(P, score, sds.Euler(), 4, **kw)
+    doubled = sds.schedules.optimize(P, score, sds.Euler(), 4, represent=lambda y: 2.0 * y, represent_id="2y", **kw)
+    assert torch.equal(plain.grid, doubled.grid) and not doubled.record.get("cached")
+    assert doubled.record["loss_after"] == pytest.approx(4.0 * plain.record["loss_after"], rel=1e-9)
+    assert "2y" in doubled.record["loss"]
+    with pytest.raises(ValueError, match="represent_id"):
+        sds.schedules.optimize(P, score, sds.Euler(), 4, represent=lambda y: y, **kw)
