@@ -102,9 +102,15 @@ class Noise:
 
     def __init__(self, stream: torch.Tensor, step=0):
         self.stream = stream
-        if not isinstance(step, torch.Tensor):
-            step = torch.full_like(stream, int(step))
-        self.step = step
+        self._step = step if isinstance(step, torch.Tensor) else int(step)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """The per-sample step counters (B,) int64; a step given as an int is made a tensor on first
+        use (a deterministic step of a fixed-grid loop never asks for it)."""
+        if not isinstance(self._step, torch.Tensor):
+            self._step = torch.full_like(self.stream, self._step)
+        return self._step
 
     @classmethod
     def from_seed(cls, seed, batch: int, device=None, offset: int = 0) -> "Noise":

@@ -15,6 +15,7 @@ import torch
 from . import tableaus
 from .base import CONTROLLED, Solver, Step, per_sample
 from .tableaus import ButcherTableau
+from ..tensors import shared_time
 
 __all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4"]
 
@@ -35,7 +36,7 @@ class RungeKutta(Solver):
     def stages(self, eq, t0, t1, y0, k0=None):
         """The stage derivatives k_1..k_s for one step."""
         tab = self.tableau
-        h = t1 - t0
+        h = shared_time(t1) - shared_time(t0)
         hx = per_sample(h, y0)
         ks = []
         for i in range(tab.stages):
@@ -46,7 +47,8 @@ class RungeKutta(Solver):
             for j, a in enumerate(tab.A[i][:i]):
                 if a != 0.0:
                     yi = yi + (a * hx) * ks[j]
-            ks.append(eq.drift(t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * h, yi))
+            c = tab.c[i]
+            ks.append(eq.drift(t0 if c == 0.0 else t1 if c == 1.0 else t0 + c * h, yi))
         return ks
 
     def combine(self, y0, ks, h, weights):
@@ -54,12 +56,14 @@ class RungeKutta(Solver):
         acc = None
         for w, k in zip(weights, ks):
             if w != 0.0:
-                acc = w * k if acc is None else acc + w * k
+                wk = k if w == 1.0 else w * k  # 1.0 * k is k, bit for bit
+                acc = wk if acc is None else acc + wk
         return y0 + hx * acc
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         ks = self.stages(eq, t0, t1, y0, k0=state)
-        return Step(self.combine(y0, ks, t1 - t0, self.tableau.b), state=self.next_state(ks))
+        h = shared_time(t1) - shared_time(t0)
+        return Step(self.combine(y0, ks, h, self.tableau.b), state=self.next_state(ks))
 
     def next_state(self, ks):
         """FSAL: the last stage is f(t1, y1), the next step's first stage; otherwise nothing."""
