@@ -167,7 +167,8 @@ class ReverseSDE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return per_sample(self.process.f(shared_time(t)), x) * x - self.g2(t, x) * s
+        tc = shared_time(t)
+        return per_sample(self.process.f(tc), x) * x - per_sample(self.process.g2(tc), x) * s
 
     def diffusion(self, t, x):
         g = per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
@@ -179,7 +180,8 @@ class ProbabilityFlowODE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return per_sample(self.process.f(shared_time(t)), x) * x - 0.5 * self.g2(t, x) * s
+        tc = shared_time(t)
+        return per_sample(self.process.f(tc), x) * x - 0.5 * per_sample(self.process.g2(tc), x) * s
 
 
 class VelocityODE(ProbabilityFlowODE):

@@ -129,8 +129,11 @@ class Noise:
         if like.shape[0] != len(self):
             raise ValueError(f"noise for {len(self)} samples asked for a batch of {like.shape[0]}")
         n = math.prod(like.shape[1:])
-        z = normal_from_counters(self.stream.to(like.device), self.step.to(like.device), draw, n)
-        return z.reshape(like.shape).to(like.dtype)
+        stream, step = self.stream, self.step
+        if stream.device != like.device:
+            stream, step = stream.to(like.device), step.to(like.device)
+        z = normal_from_counters(stream, step, draw, n).reshape(like.shape)
+        return z if z.dtype == like.dtype else z.to(like.dtype)
 
     def increments(self, like: torch.Tensor, dt: torch.Tensor, draw: int = 0):
         """Brownian increment dW and I10 over a step of (per-sample) length |dt|.

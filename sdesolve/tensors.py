@@ -21,7 +21,10 @@ def shared_time(t):
 def per_sample(c, x: torch.Tensor) -> torch.Tensor:
     """A per-sample coefficient (B,) (or a scalar) broadcast against x of shape (B, ...), in x's
     dtype and on x's device: (B,) becomes (B, 1, ..., 1)."""
-    c = torch.as_tensor(c).to(device=x.device, dtype=x.dtype)
+    if not isinstance(c, torch.Tensor):
+        c = torch.as_tensor(c)
+    if c.dtype != x.dtype or c.device != x.device:
+        c = c.to(device=x.device, dtype=x.dtype)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
