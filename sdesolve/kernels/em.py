@@ -38,7 +38,10 @@ def _check(x, drift, g, noise, z, draw):
 
 def em_step_ref(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     """PyTorch reference of :func:`em_step` (same arguments, same semantics, differentiable)."""
-    draw = _check(x, drift, g, noise, z, draw)
+    return _ref(x, drift, g, dt, noise, _check(x, drift, g, noise, z, draw), z, return_mean)
+
+
+def _ref(x, drift, g, dt, noise, draw, z, return_mean):
     ct = compute_dtype(x.dtype, _WHERE)
     dt_c = column(dt, x, ct, "dt", _WHERE)
     g_c = as_dtype(g, ct) if _g_is_full(g, x) else column(g, x, ct, "g", _WHERE)
@@ -87,4 +90,4 @@ def em_step(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     draw = _check(x, drift, g, noise, z, draw)
     if use_triton(_WHERE, x, (x, drift, g, dt, z)):
         return _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean)
-    return em_step_ref(x, drift, g, dt, noise, draw, z=z, return_mean=return_mean)
+    return _ref(x, drift, g, dt, noise, draw, z, return_mean)

@@ -33,17 +33,20 @@ class RungeKutta(Solver):
         self.order = self.tableau.order
         self.nfe_per_step = self.tableau.stages - (1 if self.tableau.fsal else 0)
 
-    def stages(self, eq, t0, t1, y0, k0=None):
-        """The stage derivatives k_1..k_s for one step."""
+    def stages(self, eq, t0, t1, y0, k0=None, h=None):
+        """The stage derivatives k_1..k_s for one step (``h``: t1 - t0 when the caller has it)."""
         tab = self.tableau
-        h = shared_time(t1) - shared_time(t0)
-        hx = per_sample(h, y0)
+        if h is None:
+            h = shared_time(t1) - shared_time(t0)
+        hx = None
         ks = []
         for i in range(tab.stages):
             if i == 0 and k0 is not None:
                 ks.append(k0)
                 continue
             yi = y0
+            if i > 0 and hx is None:
+                hx = per_sample(h, y0)
             for j, a in enumerate(tab.A[i][:i]):
                 if a != 0.0:
                     yi = yi + (a * hx) * ks[j]
@@ -61,8 +64,8 @@ class RungeKutta(Solver):
         return y0 + hx * acc
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        ks = self.stages(eq, t0, t1, y0, k0=state)
         h = shared_time(t1) - shared_time(t0)
+        ks = self.stages(eq, t0, t1, y0, k0=state, h=h)
         return Step(self.combine(y0, ks, h, self.tableau.b), state=self.next_state(ks))
 
     def next_state(self, ks):
