@@ -13,9 +13,12 @@ One loop serves every solve::
 says where the step is. What differs between a fixed grid and step-size control are the phases
 of ``attempt`` and ``commit``:
 
-* fixed grid (:class:`GridRun`): the times of step i are views of the device grid, its noise
-  the sample's stream at step i; every step is accepted; a non-finite state is recorded per sample
-  on the device and reported once, after the loop, with the first step, time and samples at fault.
+* fixed grid (:class:`GridRun`): the times of step i are views of the device grid (one grid
+  point expanded to the batch, so that the coefficients of a time are computed once for the batch,
+  :func:`sdesolve.tensors.shared_time`), its noise the sample's stream at step i; every step is
+  accepted; a non-finite state is recorded per sample on the device (from max |y| per sample, NaN
+  or Inf exactly where the sample has one) and reported once, after the loop, with the first
+  step, time and samples at fault.
   No phase synchronises with the host, so the loop can be captured in a CUDA graph or compiled.
 * step-size control (:class:`ControlledRun`), one step size per sample:
   - compaction: the samples still running are gathered (a finished sample costs nothing more);
