@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import per_sample
+from .tensors import per_sample, shared_time
 
 __all__ = ["Equation", "ODE", "SDE", "DiffusionEquation", "ReverseSDE", "ProbabilityFlowODE", "VelocityODE", "VelocitySDE",
            "NOISE_TYPES"]
@@ -121,6 +121,8 @@ class DiffusionEquation(Equation):
         self.score = score if isinstance(score, Score) else Score(score)
 
     def _predict(self, t, x, kind: str) -> torch.Tensor:
+        if isinstance(t, torch.Tensor) and t.shape == (1,) and x.shape[0] != 1:
+            t = t.expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
@@ -141,7 +143,7 @@ class DiffusionEquation(Equation):
         return self._predict(t, x, "eps_of")
 
     def g2(self, t, x):
-        return per_sample(self.process.g2(t), x)
+        return per_sample(self.process.g2(shared_time(t)), x)
 
     def companion(self) -> "DiffusionEquation":
         """The other equation of this process and score (the probability-flow ODE of a reverse
@@ -165,10 +167,12 @@ class ReverseSDE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return per_sample(self.process.f(t), x) * x - self.g2(t, x) * s
+        tc = shared_time(t)
+        return per_sample(self.process.f(tc), x) * x - per_sample(self.process.g2(tc), x) * s
 
     def diffusion(self, t, x):
-        return per_sample(torch.sqrt(self.process.g2(t)), x)
+        g = per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
+        return g.expand((x.shape[0],) + g.shape[1:])
 
 
 class ProbabilityFlowODE(DiffusionEquation):
@@ -176,7 +180,8 @@ class ProbabilityFlowODE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        return per_sample(self.process.f(t), x) * x - 0.5 * self.g2(t, x) * s
+        tc = shared_time(t)
+        return per_sample(self.process.f(tc), x) * x - 0.5 * per_sample(self.process.g2(tc), x) * s
 
 
 class VelocityODE(ProbabilityFlowODE):

@@ -13,9 +13,12 @@ One loop serves every solve::
 says where the step is. What differs between a fixed grid and step-size control are the phases
 of ``attempt`` and ``commit``:
 
-* fixed grid (:class:`GridRun`): the times of step i are views of the device grid, its noise
-  the sample's stream at step i; every step is accepted; a non-finite state is recorded per sample
-  on the device and reported once, after the loop, with the first step, time and samples at fault.
+* fixed grid (:class:`GridRun`): the times of step i are views of the device grid (one grid
+  point expanded to the batch, so that the coefficients of a time are computed once for the batch,
+  :func:`sdesolve.tensors.shared_time`), its noise the sample's stream at step i; every step is
+  accepted; a non-finite state is recorded per sample on the device (from max |y| per sample, NaN
+  or Inf exactly where the sample has one) and reported once, after the loop, with the first
+  step, time and samples at fault.
   No phase synchronises with the host, so the loop can be captured in a CUDA graph or compiled.
 * step-size control (:class:`ControlledRun`), one step size per sample:
   - compaction: the samples still running are gathered (a finished sample costs nothing more);
@@ -49,6 +52,7 @@ solve, ``cuda_graph=True`` is an error (nothing to capture).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -71,6 +75,9 @@ __all__ = ["solve", "sample", "clear_cuda_graphs", "GRAPH_CACHE_SIZE", "GridRun"
 GRAPH_CACHE_SIZE = 4
 
 _EPS64 = torch.finfo(torch.float64).eps
+
+#: the first-bad-step mark of a sample whose states have all been finite (above any step index)
+_CLEAN = 2**62
 
 
 class _ZeroNoise(Noise):
@@ -123,7 +130,9 @@ class GridRun:
         self.total = self.n
         self.y = y0
         self.state = solver.init(eq, self.times[0], y0) if state is None else state
-        self.first_bad = torch.full((B,), -1, dtype=torch.int64, device=y0.device) if check_finite else None
+        # per sample, the first step that left a non-finite state (_CLEAN while there is none)
+        self.first_bad = torch.full((B,), _CLEAN, dtype=torch.int64, device=y0.device) if (
+            check_finite and math.prod(y0.shape[1:]) > 0) else None
         self.ys = [y0] if save else None
         self.zero = None if final_noise else _ZeroNoise(noise.stream, noise.step)
 
@@ -141,9 +150,10 @@ class GridRun:
     def commit(self, out):
         self.y, self.state = out.y, out.state
         if self.first_bad is not None:
-            bad = ~torch.isfinite(self.y.reshape(self.y.shape[0], -1)).all(1)
-            self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, self.i),
-                                         self.first_bad)
+            # max |y| per sample is NaN or Inf exactly where the sample has a NaN or an Inf (amax propagates
+            # NaN): one pass over y and a (B,) reduction, cheaper than isfinite(y).all(1)
+            finite = self.y.reshape(self.y.shape[0], -1).abs().amax(1) < math.inf
+            self.first_bad = torch.minimum(self.first_bad, torch.where(finite, _CLEAN, self.i))
         if self.ys is not None:
             self.ys.append(self.y)
         self.i += 1
@@ -161,7 +171,7 @@ class GridRun:
 
 
 def _raise_nonfinite(first_bad: torch.Tensor, grid: torch.Tensor, eq):
-    bad = first_bad >= 0
+    bad = first_bad < _CLEAN
     if not bool(bad.any()):  # the one host sync, after the loop
         return
     step = int(first_bad[bad].min())

@@ -102,9 +102,15 @@ class Noise:
 
     def __init__(self, stream: torch.Tensor, step=0):
         self.stream = stream
-        if not isinstance(step, torch.Tensor):
-            step = torch.full_like(stream, int(step))
-        self.step = step
+        self._step = step if isinstance(step, torch.Tensor) else int(step)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """The per-sample step counters (B,) int64; a step given as an int is made a tensor on first
+        use (a deterministic step of a fixed-grid loop never asks for it)."""
+        if not isinstance(self._step, torch.Tensor):
+            self._step = torch.full_like(self.stream, self._step)
+        return self._step
 
     @classmethod
     def from_seed(cls, seed, batch: int, device=None, offset: int = 0) -> "Noise":
@@ -123,8 +129,11 @@ class Noise:
         if like.shape[0] != len(self):
             raise ValueError(f"noise for {len(self)} samples asked for a batch of {like.shape[0]}")
         n = math.prod(like.shape[1:])
-        z = normal_from_counters(self.stream.to(like.device), self.step.to(like.device), draw, n)
-        return z.reshape(like.shape).to(like.dtype)
+        stream, step = self.stream, self.step
+        if stream.device != like.device:
+            stream, step = stream.to(like.device), step.to(like.device)
+        z = normal_from_counters(stream, step, draw, n).reshape(like.shape)
+        return z if z.dtype == like.dtype else z.to(like.dtype)
 
     def increments(self, like: torch.Tensor, dt: torch.Tensor, draw: int = 0):
         """Brownian increment dW and I10 over a step of (per-sample) length |dt|.

@@ -44,7 +44,7 @@ import torch
 
 from . import labels
 from .model_check import ModelCheck, _first_rows, _probe_batch, check_model
-from .tensors import per_sample
+from .tensors import per_sample, shared_time
 
 __all__ = ["Score", "ExternalScore", "labels"]
 
@@ -170,7 +170,7 @@ class Score:
 
     # conversions -------------------------------------------------------------------------------
     def _coeffs(self, t, x, process):
-        a, s = process.marginal(t)
+        a, s = process.marginal(shared_time(t))
         return per_sample(a, x), per_sample(s, x)
 
     def _x0_eps(self, x, t, p):

@@ -3,13 +3,28 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["per_sample", "rms"]
+__all__ = ["per_sample", "rms", "shared_time"]
+
+
+def shared_time(t):
+    """Per-sample times ``t`` (B,) as the one value they share, shape (1,), when they share it by
+    construction: a view with stride 0 (a fixed grid's time, one grid point expanded to the batch,
+    as the sampling loop hands it out). Otherwise ``t`` itself. Coefficients of the time computed
+    on the result broadcast against the batch as the (B,) ones do and cost one evaluation instead
+    of B (elementwise float64 functions of the same value: equal up to the last bit of the
+    vectorised transcendental functions)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] > 1 and t.stride(0) == 0:
+        return t[:1]
+    return t
 
 
 def per_sample(c, x: torch.Tensor) -> torch.Tensor:
     """A per-sample coefficient (B,) (or a scalar) broadcast against x of shape (B, ...), in x's
     dtype and on x's device: (B,) becomes (B, 1, ..., 1)."""
-    c = torch.as_tensor(c).to(device=x.device, dtype=x.dtype)
+    if not isinstance(c, torch.Tensor):
+        c = torch.as_tensor(c)
+    if c.dtype != x.dtype or c.device != x.device:
+        c = c.to(device=x.device, dtype=x.dtype)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
+from .common import (as_dtype, check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
@@ -38,14 +38,14 @@ def _check(where, x, s, f, c, noise, z, draw):
 def _ref(where, x, a, s, b, f, c, noise, draw, z, return_mean):
     """mean = a x + b s (- f) ; out = mean + c z, in the compute dtype."""
     ct = compute_dtype(x.dtype, where)
-    mean = column(a, x, ct, "a", where) * x.to(ct) + column(b, x, ct, "b", where) * s.to(ct)
+    mean = column(a, x, ct, "a", where) * as_dtype(x, ct) + column(b, x, ct, "b", where) * as_dtype(s, ct)
     if f is not None:
-        mean = mean - f.to(ct)
+        mean = mean - as_dtype(f, ct)
     if c is None:
-        out = mean.to(x.dtype)
+        out = as_dtype(mean, x.dtype)
         return (out, out) if return_mean else out
-    out = (mean + column(c, x, ct, "c", where) * noise_ref(noise, draw, z, x, ct)).to(x.dtype)
-    return (out, mean.to(x.dtype)) if return_mean else out
+    out = as_dtype(mean + column(c, x, ct, "c", where) * noise_ref(noise, draw, z, x, ct), x.dtype)
+    return (out, as_dtype(mean, x.dtype)) if return_mean else out
 
 
 def _triton(where, x, a, s, b, f, c, noise, draw, z, return_mean):

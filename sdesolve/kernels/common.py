@@ -21,6 +21,7 @@ __all__ = [
     "KERNEL_DTYPES",
     "BLOCK_QUADS",
     "compute_dtype",
+    "as_dtype",
     "column",
     "coefficient",
     "check_like",
@@ -68,9 +69,16 @@ def column(value, x: torch.Tensor, dtype: torch.dtype, name: str, where: str) ->
     if not isinstance(value, torch.Tensor):
         # a fill on the device, not a host-to-device copy: capturable in a CUDA graph
         return torch.full((), value, dtype=dtype, device=x.device)
-    value = value.to(device=x.device, dtype=dtype)
+    value = as_dtype(value, dtype, x.device)
     shape = (-1,) + (1,) * (x.dim() - 1)
     return value.reshape(-1).reshape(shape) if value.numel() != 1 else value.reshape((1,) * x.dim())
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``t.to(device, dtype)``, skipping the call when t already is (the hot loops call it often)."""
+    if t.dtype == dtype and (device is None or t.device == device):
+        return t
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
 def coefficient(value, batch: int, device, name: str, where: str) -> tuple[torch.Tensor, int]:
@@ -129,7 +137,7 @@ def noise_ref(noise, draw: int, z, x: torch.Tensor, dtype: torch.dtype) -> torch
     """The standard normal draw of the reference path, in ``dtype`` (float32 noise is generated
     in float32 and never rounded to a half-precision state dtype, as in the kernels)."""
     if z is not None:
-        return z.to(dtype)
+        return as_dtype(z, dtype)
     like = torch.empty(x.shape, dtype=dtype, device=x.device)
     return noise.normal(like, draw)
 

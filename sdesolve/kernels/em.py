@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
+from .common import (as_dtype, check_draw, check_like, check_noise, column, compute_dtype, noise_arguments, noise_ref, coefficient,
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
@@ -38,14 +38,16 @@ def _check(x, drift, g, noise, z, draw):
 
 def em_step_ref(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     """PyTorch reference of :func:`em_step` (same arguments, same semantics, differentiable)."""
-    draw = _check(x, drift, g, noise, z, draw)
+    return _ref(x, drift, g, dt, noise, _check(x, drift, g, noise, z, draw), z, return_mean)
+
+
+def _ref(x, drift, g, dt, noise, draw, z, return_mean):
     ct = compute_dtype(x.dtype, _WHERE)
     dt_c = column(dt, x, ct, "dt", _WHERE)
-    g_c = g.to(ct) if _g_is_full(g, x) else column(g, x, ct, "g", _WHERE)
-    mean = x.to(ct) + drift.to(ct) * dt_c
-    out = mean + g_c * dt_c.abs().sqrt() * noise_ref(noise, draw, z, x, ct)
-    out = out.to(x.dtype)
-    return (out, mean.to(x.dtype)) if return_mean else out
+    g_c = as_dtype(g, ct) if _g_is_full(g, x) else column(g, x, ct, "g", _WHERE)
+    mean = as_dtype(x, ct) + as_dtype(drift, ct) * dt_c
+    out = as_dtype(mean + g_c * dt_c.abs().sqrt() * noise_ref(noise, draw, z, x, ct), x.dtype)
+    return (out, as_dtype(mean, x.dtype)) if return_mean else out
 
 
 def _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean):
@@ -88,4 +90,4 @@ def em_step(x, drift, g, dt, noise=None, draw=0, *, z=None, return_mean=False):
     draw = _check(x, drift, g, noise, z, draw)
     if use_triton(_WHERE, x, (x, drift, g, dt, z)):
         return _em_step_triton(x, drift, g, dt, noise, draw, z, return_mean)
-    return em_step_ref(x, drift, g, dt, noise, draw, z=z, return_mean=return_mean)
+    return _ref(x, drift, g, dt, noise, draw, z, return_mean)

@@ -48,7 +48,7 @@ import torch
 from ..schedules import logsnr, time_uniform
 from .base import CONTROLLED, Step, per_sample
 from .diffusion import DiffusionSolver, multistep_order
-from .exponential import data_coefficients, data_step, noise_step, point
+from .exponential import LogSNRPoint, data_coefficients, data_step, noise_step, point
 
 __all__ = ["DPMSolver", "DPMSolverPP", "LOWER_ORDER_FINAL_BELOW"]
 
@@ -103,7 +103,9 @@ class DPMSolverPP(DiffusionSolver):
     singlestep (2S) with ``multistep=False``, the SDE variant (2M) with ``sde=True``.
 
     Multistep solvers make one model evaluation per step; their history, the state, is the tuple
-    of the last points' lambdas and model outputs (newest last). ``lower_order_final`` follows
+    of the last points' lambdas and model outputs (newest last) and the last step's end point
+    (t, alpha, sigma, lambda), reused as the next step's start when the loop hands that step the
+    same time tensor (as a fixed grid does). ``lower_order_final`` follows
     diffusers: for grids of fewer than 15 steps the last step is first order (and the one before
     second order, for order 3).
 
@@ -130,14 +132,15 @@ class DPMSolverPP(DiffusionSolver):
             self.weak_order = 1.0
 
     def init(self, eq, t0, y0):
-        return ((), ())
+        return ((), (), None)
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         if not self.multistep:
             return self._step_2s(eq, t0, t1, y0, at)
-        lams, outs = state
+        lams, outs, end = state
         p = eq.process
-        a, b = point(p, t0), point(p, t1)
+        a = LogSNRPoint(*end) if (end is not None and end[0] is t0) else point(p, t0)
+        b = point(p, t1)
         h = b.lam - a.lam
         x = y0
         d0 = eq.denoised(t0, x)
@@ -164,7 +167,8 @@ class DPMSolverPP(DiffusionSolver):
         if self.sde:
             y = y + per_sample(b.sigma * torch.sqrt(-torch.expm1(-2.0 * h)), x) * noise.normal(x, 0)
         keep = self.order - 1
-        return Step(y, None, ((lams + (a.lam,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ()))
+        history = ((lams + (a.lam,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
+        return Step(y, None, history + ((b.t, b.alpha, b.sigma, b.lam),))
 
     def _step_2s(self, eq, t0, t1, y0, at):
         p = eq.process

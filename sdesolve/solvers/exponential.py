@@ -21,14 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tensors import per_sample
+from ..tensors import per_sample, shared_time
 
 __all__ = ["LogSNRPoint", "point", "data_step", "noise_step", "ancestral", "data_coefficients"]
 
 
 @dataclass(frozen=True)
 class LogSNRPoint:
-    """alpha, sigma, lambda = log(alpha / sigma) at per-sample times t: float64 tensors (B,)."""
+    """alpha, sigma, lambda = log(alpha / sigma) at per-sample times t: float64 tensors (B,), or
+    (1,) where all samples share the time (:func:`sdesolve.tensors.shared_time`; ``t`` is then
+    still the (B,) times the point was made from, or the (1,) time computed from shared values)."""
 
     t: torch.Tensor
     alpha: torch.Tensor
@@ -39,7 +41,8 @@ class LogSNRPoint:
 def point(process, t: torch.Tensor) -> LogSNRPoint:
     """alpha(t), sigma(t) and lambda(t) of ``process`` at per-sample times t (B,), float64."""
     t = t.to(torch.float64)
-    return LogSNRPoint(t, torch.exp(process.log_alpha(t)), process.sigma(t), process.lam(t))
+    tc = shared_time(t)
+    return LogSNRPoint(t, torch.exp(process.log_alpha(tc)), process.sigma(tc), process.lam(tc))
 
 
 def data_coefficients(a: LogSNRPoint, b: LogSNRPoint) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 from . import tableaus
 from .base import CONTROLLED, Solver, Step, per_sample
 from .tableaus import ButcherTableau
+from ..tensors import shared_time
 
 __all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4"]
 
@@ -32,21 +33,25 @@ class RungeKutta(Solver):
         self.order = self.tableau.order
         self.nfe_per_step = self.tableau.stages - (1 if self.tableau.fsal else 0)
 
-    def stages(self, eq, t0, t1, y0, k0=None):
-        """The stage derivatives k_1..k_s for one step."""
+    def stages(self, eq, t0, t1, y0, k0=None, h=None):
+        """The stage derivatives k_1..k_s for one step (``h``: t1 - t0 when the caller has it)."""
         tab = self.tableau
-        h = t1 - t0
-        hx = per_sample(h, y0)
+        if h is None:
+            h = shared_time(t1) - shared_time(t0)
+        hx = None
         ks = []
         for i in range(tab.stages):
             if i == 0 and k0 is not None:
                 ks.append(k0)
                 continue
             yi = y0
+            if i > 0 and hx is None:
+                hx = per_sample(h, y0)
             for j, a in enumerate(tab.A[i][:i]):
                 if a != 0.0:
                     yi = yi + (a * hx) * ks[j]
-            ks.append(eq.drift(t1 if tab.c[i] == 1.0 else t0 + tab.c[i] * h, yi))
+            c = tab.c[i]
+            ks.append(eq.drift(t0 if c == 0.0 else t1 if c == 1.0 else t0 + c * h, yi))
         return ks
 
     def combine(self, y0, ks, h, weights):
@@ -54,12 +59,14 @@ class RungeKutta(Solver):
         acc = None
         for w, k in zip(weights, ks):
             if w != 0.0:
-                acc = w * k if acc is None else acc + w * k
+                wk = k if w == 1.0 else w * k  # 1.0 * k is k, bit for bit
+                acc = wk if acc is None else acc + wk
         return y0 + hx * acc
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        ks = self.stages(eq, t0, t1, y0, k0=state)
-        return Step(self.combine(y0, ks, t1 - t0, self.tableau.b), state=self.next_state(ks))
+        h = shared_time(t1) - shared_time(t0)
+        ks = self.stages(eq, t0, t1, y0, k0=state, h=h)
+        return Step(self.combine(y0, ks, h, self.tableau.b), state=self.next_state(ks))
 
     def next_state(self, ks):
         """FSAL: the last stage is f(t1, y1), the next step's first stage; otherwise nothing."""

@@ -28,6 +28,7 @@ import torch
 from ..equations import DiffusionEquation
 from ..kernels import affine_noise_step, em_step
 from ..noise import kernel_noise
+from ..tensors import shared_time
 from .base import CONTROLLED, Solver, Step
 from .exponential import ancestral, point
 
@@ -58,6 +59,7 @@ def normal_for(eq, noise, y: torch.Tensor, draw: int = 0) -> torch.Tensor:
 
 def _transition(process, t_from, t_to):
     """(a, s2) of x_t = a x_s + sqrt(s2) z for t = max(t_from, t_to), s = min(...): float64 (B,)."""
+    t_from, t_to = shared_time(t_from), shared_time(t_to)
     t = torch.maximum(t_from, t_to)
     s = torch.minimum(t_from, t_to)
     la_t, la_s = process.log_alpha(t), process.log_alpha(s)
@@ -78,9 +80,10 @@ class EulerMaruyama(Solver):
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         f = eq.drift(t0, y0)
         g = diffusion_argument(eq.diffusion(t0, y0), y0)
+        dt = shared_time(t1) - shared_time(t0)
         if eq.noise_type == "scalar":
-            return Step(em_step(y0, f, g, t1 - t0, z=normal_for(eq, noise, y0)))
-        return Step(em_step(y0, f, g, t1 - t0, **kernel_noise(noise, y0, 0)))
+            return Step(em_step(y0, f, g, dt, z=normal_for(eq, noise, y0)))
+        return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)))
 
 
 class ReverseDiffusion(Solver):
