@@ -14,7 +14,8 @@ output (equivariance over n) and it accepts any N. Across the input dimensions i
 (the order of the coordinates of x carries no meaning in a stationary kernel either).
 
 :class:`BiDimensionalAttentionNet` (the paper's Sec. 4.1, Fig. 3): every pair (point n, input
-dimension d) holds a feature vector h_{n,d}, first a linear map of (x_{n,d}, y_n); each block
+dimension d) holds a feature vector h_{n,d}, first a small MLP of (x_{n,d}, y_n) (nonlinear, so
+that the first attention's logits can already depend on distances |x_n - x_m|); each block
 adds the time embedding, runs multi-head self-attention across the points (for each d) and
 across the dimensions (for each n), sums the two, and feeds the result both to the next block
 (residually) and to a skip sum; the output sums the skips over the D dimensions (invariance)

@@ -150,6 +150,7 @@ def test_trained_ndp_conditionals_match_the_gp_posterior(tmp_path):
     neural_diffusion_process.py, DELTA and Z: DELTA posterior sd of systematic error plus Z
     Monte Carlo standard errors)."""
     ex, fig = _run("gp_part", tmp_path)
+    # measured: max over targets 0.229 sd in mean, 0.179 in sd ratio (exact score, same RePaint: 0.261, 0.142)
     assert fig["ndp"]["targets_within"] == fig["ndp"]["targets"], fig
 
 
@@ -157,6 +158,7 @@ def test_trained_ndp_conditionals_match_the_gp_posterior(tmp_path):
 def test_trained_ndp_on_step_functions_puts_the_jump_between_the_observations(tmp_path):
     """The posterior puts the jump in (-0.3, 0.2] with probability 1; the share of the model's
     conditional samples that do (every target left of -0.3 below 1/2, every target right of 0.2
-    above) exceeds STEP_SHARE by Z binomial standard errors."""
+    above) exceeds STEP_SHARE by Z binomial standard errors. Measured with the example's recipe:
+    0.835 +- 0.019, which fails this bar (see the example's docstring)."""
     ex, fig = _run("step_part", tmp_path)
     assert fig["share"] - ex.Z * fig["share_se"] > ex.STEP_SHARE, fig
