@@ -30,7 +30,8 @@ consistent with the observations (every target left of -0.3 below 1/2, every tar
 errors, so the slow test fails). The consistent samples' jumps lie at -0.041 +- 0.146 (the
 posterior: uniform on (-0.3, 0.2], -0.05 +- 0.14 on the grid of test inputs); the others spill
 the jump by one or two grid points (0.05 apart) past an observed input, a sharp feature the
-model does not resolve at this training budget.
+model does not resolve at this training budget. With 20 RePaint passes per step the same
+network reaches 0.882 +- 0.016: part of the shortfall is the conditioning method's.
 """
 from __future__ import annotations
 
