@@ -14,7 +14,8 @@ output (equivariance over n) and it accepts any N. Across the input dimensions i
 (the order of the coordinates of x carries no meaning in a stationary kernel either).
 
 :class:`BiDimensionalAttentionNet` (the paper's Sec. 4.1, Fig. 3): every pair (point n, input
-dimension d) holds a feature vector h_{n,d}, first a linear map of (x_{n,d}, y_n); each block
+dimension d) holds a feature vector h_{n,d}, first a small MLP of (x_{n,d}, y_n) (nonlinear, so
+that the first attention's logits can already depend on distances |x_n - x_m|); each block
 adds the time embedding, runs multi-head self-attention across the points (for each d) and
 across the dimensions (for each n), sums the two, and feeds the result both to the next block
 (residually) and to a skip sum; the output sums the skips over the D dimensions (invariance)
@@ -179,7 +180,7 @@ class BiDimensionalAttentionNet(nn.Module):
     def __init__(self, hidden: int = 64, blocks: int = 3, heads: int = 4):
         super().__init__()
         self.hidden = hidden
-        self.embed = nn.Linear(2, hidden)
+        self.embed = nn.Sequential(nn.Linear(2, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.temb = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.blocks = nn.ModuleList(_BiDimensionalBlock(hidden, heads) for _ in range(blocks))
         self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
@@ -212,37 +213,60 @@ def ndp_score(net: nn.Module, process, x: torch.Tensor, time_label=labels.contin
 
 
 def ndp_loss(net: nn.Module, process, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
-             time_label=labels.continuous) -> torch.Tensor:
-    """Denoising score matching on function values (the paper's Eq. 8): t ~ U(t_min, T),
-    y_t = alpha y + sigma eps, mean of |net(y_t, t, X) - eps|^2 over points and functions."""
+             time_label=labels.continuous, loss=None) -> torch.Tensor:
+    """Denoising score matching on function values (the paper's Eq. 8): y_t = alpha y + sigma eps,
+    mean of |net(y_t, t, X) - eps|^2 over points and functions, with t ~ U(t_min, T) (``loss``
+    None) or as ``loss`` (a score-matching loss object of :mod:`sdesolve.train.losses` on
+    ``process`` with eps prediction) draws it."""
     from .train.losses import DenoisingScoreMatching, EpsPrediction
 
-    loss = DenoisingScoreMatching(process, EpsPrediction(), time_label)
+    if loss is None:
+        loss = DenoisingScoreMatching(process, EpsPrediction(), time_label)
     return loss(lambda yt, label: net(yt, label, x=x), y, generator)
 
 
 def train_ndp(net: nn.Module, process, data, steps: int, batch: int = 64, lr: float = 1e-3,
-              generator: torch.Generator | None = None, log_every: int = 0, time_label=labels.continuous):
-    """Adam with a cosine learning-rate decay on :func:`ndp_loss`, fresh functions every step
-    from ``data(batch, generator) -> (X (B, N, D), y (B, N))``. Returns the losses (a list)."""
+              generator: torch.Generator | None = None, log_every: int = 0, time_label=labels.continuous,
+              warmup: int = 0, ema: float | None = None, loss=None):
+    """Adam on :func:`ndp_loss`, fresh functions every step from ``data(batch, generator) ->
+    (X (B, N, D), y (B, N))`` (N may change from step to step: the network takes any number of
+    points). The learning rate rises linearly over ``warmup`` steps, then decays to 0 on a
+    cosine. ``loss``: as in :func:`ndp_loss`. ``ema``: a decay d; the weights' exponential moving average
+    (:class:`~sdesolve.train.ema.EMA`, with its warm-up) is loaded into ``net`` at the end.
+    Returns the losses (a list)."""
+    from .train.ema import EMA
+
+    if steps < 1 or warmup < 0 or warmup >= steps:
+        raise ValueError(f"train_ndp: need steps >= 1 and 0 <= warmup < steps, got {steps}, {warmup}")
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+    def factor(it):  # learning-rate multiplier of step it (0-based)
+        if it < warmup:
+            return (it + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (it - warmup) / (steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    avg = EMA(net, ema) if ema is not None else None
     losses = []
     for it in range(steps):
         x, y = data(batch, generator)
         opt.zero_grad()
-        loss = ndp_loss(net, process, x, y, generator, time_label)
-        loss.backward()
+        value = ndp_loss(net, process, x, y, generator, time_label, loss)
+        value.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        if avg is not None:
+            avg.update(net)
+        losses.append(float(value.detach()))
         if log_every and (it + 1) % log_every == 0:
             print(f"step {it + 1}: loss {sum(losses[-log_every:]) / log_every:.4f}", flush=True)
+    if avg is not None:
+        avg.copy_to(net)
     return losses
 
 
 def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: torch.Tensor, x_target: torch.Tensor,
-                       n: int, *, steps: int = 50, resample: int = 10, seed=0, solver=None) -> torch.Tensor:
+                       n: int, *, steps: int = 50, resample: int = 10, seed=0, solver=None, schedule=None) -> torch.Tensor:
     """n draws of the function values at ``x_target`` (T, D) given (``x_context`` (C, D),
     ``y_context`` (C,)), by :class:`~sdesolve.repaint.RePaint` on the joint set of C + T points
     (context first). ``score_of(X (1, C + T, D)) -> Score`` builds the score at those inputs
@@ -257,5 +281,5 @@ def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: to
     mask = torch.zeros(C + T, dtype=torch.bool)
     mask[:C] = True
     hook = RePaint(EulerMaruyama() if solver is None else solver, known, mask, resample=resample)
-    y = sample(process, score_of(X), hook, shape=(n, C + T), steps=steps, seed=seed).y
+    y = sample(process, score_of(X), hook, shape=(n, C + T), steps=steps, schedule=schedule, seed=seed).y
     return y[:, C:]
