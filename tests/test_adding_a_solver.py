@@ -61,7 +61,7 @@ def test_a_diffusion_multistep_method_in_a_few_lines():
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for steps in (6, 20):
         ours = sds.sample(p, GM.score(p), TwoStepData(), x_T=x, steps=steps, schedule=sds.schedules.logsnr).y
-        lib = sds.sample(p, GM.score(p), sds.DPMSolverPP(2), x_T=x, steps=steps).y
+        lib = sds.sample(p, GM.score(p), sds.DPMSolverPP(2), x_T=x, steps=steps, schedule=sds.schedules.logsnr).y
         torch.testing.assert_close(ours, lib, rtol=1e-12, atol=1e-12)
 
 
