@@ -635,10 +635,10 @@ def _optimize(args, problem, solver, steps, method, device, command):
                                 cache=args.grid_cache)
 
 
-def _grid_rows(args, problem, solvers, nfe, device, opt_solvers=None, opt_nfe=None) -> list:
+def _grid_rows(args, problem, solvers, nfe, device, opt_solvers, opt_nfe) -> list:
     """bench rows with an explicit grid: --schedule FILE for every deterministic fixed-step solver,
     and --optimized-grids METHODS: one grid per method, budget of ``opt_nfe`` and deterministic
-    fixed-step solver of ``opt_solvers`` (default: those of ``solvers`` and ``nfe``)."""
+    fixed-step solver of ``opt_solvers``."""
     from .bench import runner
     rows = []
     fixed = [s for s in solvers if not s.adaptive and not s.stochastic]
@@ -648,8 +648,8 @@ def _grid_rows(args, problem, solvers, nfe, device, opt_solvers=None, opt_nfe=No
                  for s in fixed]
     for name in filter(None, (m.strip().lower() for m in (args.optimized_grids or "").split(","))):
         method = _grid_method(args, name)
-        for s in [s for s in (opt_solvers or solvers) if not s.adaptive and not s.stochastic]:
-            for k in (opt_nfe or nfe):
+        for s in [s for s in opt_solvers if not s.adaptive and not s.stochastic]:
+            for k in opt_nfe:
                 steps = steps_for_nfe(s, k)
                 if isinstance(method, gridopt.DynamicProgramming) and steps > method.candidates:
                     continue

@@ -403,9 +403,8 @@ def _snap(process, taus, grid) -> list:
     return path + [M]
 
 
-def _hand_losses(process, score, solver, steps, x_T, target, represent=None) -> dict:
-    return {k: _end_loss(process, score, solver, x_T, g, target, represent)
-            for k, g in _hand_grids(process, solver, steps).items()}
+def _hand_losses(process, score, solver, grids: dict, x_T, target, represent=None) -> dict:
+    return {k: _end_loss(process, score, solver, x_T, g, target, represent) for k, g in grids.items()}
 
 
 # --- caching -------------------------------------------------------------------------------------
@@ -519,6 +518,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
 
     start = time.perf_counter()
     x_T = _initial(process, n, shape, seed, device, dtype)
+    hand_grids = _hand_grids(process, solver, steps)
     evals0 = {"teacher": teacher.steps}
     if isinstance(method, DynamicProgramming):
         every = teacher.steps // method.candidates
@@ -531,10 +531,10 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         loss_dp = _end_loss(process, score, solver, x_T, taus[path], target, represent)
         # the refinement starts from the better of the dynamic program's path and the best hand
         # grid moved onto the candidates: the local cost model can miss what a hand grid gets right
-        hands = _hand_losses(process, score, solver, steps, x_T, target, represent)
+        hands = _hand_losses(process, score, solver, hand_grids, x_T, target, represent)
         best_hand = min(hands, key=hands.get)
         start_from = "dynamic program"
-        snapped = _snap(process, taus, _hand_grids(process, solver, steps)[best_hand])
+        snapped = _snap(process, taus, hand_grids[best_hand])
         if snapped is not None and snapped != path:
             loss_snapped = _end_loss(process, score, solver, x_T, taus[snapped], target, represent)
             if loss_snapped < loss_dp:
@@ -548,9 +548,9 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     else:
         _, X = _teacher_states(process, score, teacher, x_T, teacher.steps)
         target = X[-1]
-        hands = _hand_losses(process, score, solver, steps, x_T, target, represent)
+        hands = _hand_losses(process, score, solver, hand_grids, x_T, target, represent)
         init_name = min(hands, key=hands.get)
-        init = _hand_grids(process, solver, steps)[init_name]
+        init = hand_grids[init_name]
         T, t_end = float(init[0]), float(init[-1])
         lam0, lam1 = process.lam(torch.tensor(T, dtype=torch.float64)), process.lam(torch.tensor(t_end, dtype=torch.float64))
         w = _logits_of(process, init).clone().requires_grad_(True)
@@ -580,7 +580,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
                    "parametrization": "softmax of log-SNR increments"}
     best_hand = min(hands, key=hands.get)
     if loss_after > hands[best_hand]:  # never return a grid worse than a hand grid on the calibration batch
-        grid, loss_after = _hand_grids(process, solver, steps)[best_hand].clone(), hands[best_hand]
+        grid, loss_after = hand_grids[best_hand].clone(), hands[best_hand]
         details["fallback"] = best_hand
     seconds = time.perf_counter() - start
     record = {"method": method.name, "method_options": {k: v for k, v in asdict(method).items()},

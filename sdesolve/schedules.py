@@ -73,10 +73,9 @@ def _finite_ends(process, a, b, name):
     ``SIGMA_EDM_MAX``; an end at lambda = +inf (sigma = 0) is an error naming the schedule."""
     out = []
     for t in (a, b):
+        t = _noise_start(process, t)
         lam = float(process.lam(torch.tensor(t, dtype=torch.float64)))
-        if lam < _LAM_ZERO_ALPHA:  # alpha = 0, or alpha / sigma below float64 rounding (cos(pi / 2) = 6e-17)
-            t = float(process.t_of_sigma_edm(torch.tensor(SIGMA_EDM_MAX, dtype=torch.float64)))
-        elif not math.isfinite(lam):
+        if not math.isfinite(lam):
             raise ValueError(f"{name}: the grid is spaced in the log-SNR / noise level, which is {lam} at t = {t} "
                              f"on {process!r} (sigma = 0 there); end it at a time with sigma > 0 (t_end = t_min)")
         out.append(t)
@@ -88,7 +87,8 @@ def _finite_ends(process, a, b, name):
 
 
 def _noise_start(process, a):
-    """``a``, or where sigma_edm = ``SIGMA_EDM_MAX`` when alpha(a) = 0 (module docstring)."""
+    """``a``, or where sigma_edm = ``SIGMA_EDM_MAX`` when alpha(a) = 0, or alpha / sigma is below
+    float64 rounding (cos(pi / 2) = 6e-17; module docstring)."""
     if float(process.lam(torch.tensor(a, dtype=torch.float64))) < _LAM_ZERO_ALPHA:
         return float(process.t_of_sigma_edm(torch.tensor(SIGMA_EDM_MAX, dtype=torch.float64)))
     return a

@@ -43,7 +43,7 @@ from ..schedules import time_uniform
 from .base import CONTROLLED, Step, per_sample
 from .diffusion import DiffusionSolver, multistep_order
 from .exponential import LogSNRPoint, data_step, point
-from .multistep import _gauss_legendre
+from .multistep import lagrange_integrals
 
 __all__ = ["SASolver", "tau_band"]
 
@@ -75,19 +75,9 @@ class _SAState:
 
 def _weights(a, b, nodes: list, tau2: torch.Tensor) -> list:
     """(1 + tau^2) alpha_b int_{lam_a}^{lam_b} e^{(1 + tau^2)(l - lam_b)} L_i(l) dl, per sample."""
-    u, wq = _gauss_legendre(16, a.lam.device)
-    h = b.lam - a.lam
-    lam = a.lam[:, None] + h[:, None] * u
     k = (1.0 + tau2)[:, None]
-    jac = torch.exp(k * (lam - b.lam[:, None])) * wq * h[:, None] * k * b.alpha[:, None]
-    out = []
-    for j, vj in enumerate(nodes):
-        L = torch.ones_like(lam)
-        for m, vm in enumerate(nodes):
-            if m != j:
-                L = L * (lam - vm[:, None]) / (vj - vm)[:, None]
-        out.append((L * jac).sum(1))
-    return out
+    return lagrange_integrals(nodes, lambda lam: lam, a.lam, b.lam,
+                              lambda lam: torch.exp(k * (lam - b.lam[:, None])) * k * b.alpha[:, None], 16)
 
 
 class SASolver(DiffusionSolver):
