@@ -28,11 +28,15 @@ model's keyword argument.
 Data: :class:`RBF` Gaussian-process draws on random inputs (:func:`gp_functions`), with the
 exact posterior for comparison (:func:`gp_posterior`), and the paper's step functions
 (:func:`step_functions`: f(x) = 0 for x < a, 1 otherwise, a ~ U[-1, 1]), whose posterior given
-observations is not Gaussian.
+observations is not Gaussian, with its exact score (:func:`step_score`, a Gaussian mixture
+over the N + 1 step patterns at N inputs).
 
 Conditioning on observed points (x_c, y_c) (the paper's Sec. 4.2): the state holds context and
 target points together, and :class:`~sdesolve.repaint.RePaint` replaces the context values by
-their forward marginal after every step, with resampling.
+their forward marginal after every step, with resampling; noise-free observations can enter
+several times (``copies`` of :func:`conditional_sample`), which makes the replacement follow
+the conditional score given the clean values (on step functions, with the exact score, the
+share of samples consistent with the observations goes from about one half to one).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from torch import nn
 from .scores import Score, labels
 
 __all__ = ["RBF", "gp_functions", "gp_posterior", "step_functions", "BiDimensionalAttentionNet", "ndp_score",
-           "ndp_loss", "train_ndp", "conditional_sample", "gp_score"]
+           "ndp_loss", "train_ndp", "conditional_sample", "gp_score", "step_score"]
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -121,6 +125,44 @@ def gp_score(kernel: RBF, process):
             V = U.expand(y.shape[0], -1, -1)
             w = torch.einsum("bn,bnm->bm", y.to(torch.float64), V) / d
             return -torch.einsum("bm,bnm->bn", w, V).to(y.dtype)
+
+        return Score(fn)
+
+    return score_of
+
+
+def step_score(process, low: float = -1.0, high: float = 1.0, levels: tuple[float, float] = (0.0, 1.0)):
+    """``score_of(X (B, N, 1)) -> Score``: the exact score of step-function values (f(x) = 0 for
+    x < a, 1 otherwise, a ~ U[low, high]) under ``process``. At N inputs sorted as
+    x_(1) <= ... <= x_(N), f(X) takes one of N + 1 patterns, pattern k (a in (x_(k), x_(k+1)],
+    x_(0) = low, x_(N+1) = high) with probability w_k = |(x_(k), x_(k+1)] & [low, high]| /
+    (high - low); so y_t = alpha f(X) + sigma z is a mixture of N + 1 Gaussians
+    N(alpha P_k, sigma^2 I), whose score is sum_k r_k (alpha P_k - y) / sigma^2 with
+    responsibilities r_k = softmax_k(log w_k - |y - alpha P_k|^2 / (2 sigma^2)). Coinciding inputs
+    get equal values (the patterns between them have weight 0). Float64 inside; for tests and
+    for separating a model's error from the conditioning method's (as :func:`gp_score`).
+    ``levels``: the values (left, right) of the step, (0, 1) for the functions above."""
+    if not low < high:
+        raise ValueError(f"step_score: need low < high, got {low}, {high}")
+
+    def score_of(X):
+        if X.dim() != 3 or X.shape[-1] != 1:
+            raise ValueError(f"step_score: inputs must be (B, N, 1), got {tuple(X.shape)}")
+        x = X[..., 0].to(torch.float64).clamp(low, high)  # (B, N)
+        xs = torch.sort(x, dim=1).values
+        edges = torch.cat([torch.full_like(xs[:, :1], low), xs, torch.full_like(xs[:, :1], high)], 1)
+        logw = torch.log((edges[:, 1:] - edges[:, :-1]) / (high - low))  # (B, N + 1); -inf for empty intervals
+        P = (x[:, None, :] > edges[:, :-1, None]).to(torch.float64)  # (B, N + 1, N): pattern k is 1 where x > x_(k)
+        P = levels[0] + (levels[1] - levels[0]) * P
+        # ties: x equal to x_(k) lies left of the jump in pattern k (a > x_(k)); pattern k where x_(k) = x_(k+1) has weight 0
+
+        def fn(y, t):
+            a, s = process.marginal(t)
+            yd = y.to(torch.float64)
+            mu = a[:, None, None] * P  # (B, N + 1, N)
+            d2 = (yd[:, None, :] - mu).pow(2).sum(-1)
+            r = torch.softmax(logw - d2 / (2.0 * s[:, None] ** 2), dim=1)  # (B, N + 1)
+            return (((r[:, :, None] * mu).sum(1) - yd) / s[:, None] ** 2).to(y.dtype)
 
         return Score(fn)
 
@@ -266,18 +308,35 @@ def train_ndp(net: nn.Module, process, data, steps: int, batch: int = 64, lr: fl
 
 
 def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: torch.Tensor, x_target: torch.Tensor,
-                       n: int, *, steps: int = 50, resample: int = 10, seed=0, solver=None, schedule=None) -> torch.Tensor:
+                       n: int, *, steps: int = 50, resample: int = 10, copies: int = 1, seed=0, solver=None,
+                       schedule=None) -> torch.Tensor:
     """n draws of the function values at ``x_target`` (T, D) given (``x_context`` (C, D),
-    ``y_context`` (C,)), by :class:`~sdesolve.repaint.RePaint` on the joint set of C + T points
-    (context first). ``score_of(X (1, C + T, D)) -> Score`` builds the score at those inputs
-    (:func:`ndp_score` for a network). Returns (n, T) values."""
+    ``y_context`` (C,)), by :class:`~sdesolve.repaint.RePaint` on the joint set of C m + T points
+    (context first), ``resample`` passes per step. ``score_of(X (1, C m + T, D)) -> Score``
+    builds the score at those inputs (:func:`ndp_score` for a network). Returns (n, T) values.
+
+    ``copies`` = m: every observed point enters the set m times (same input, same value), each
+    copy replaced by its own draw alpha y_c + sigma z_i. For noise-free observations of a
+    function (coinciding inputs carry one value) this changes nothing in the posterior, and it
+    corrects replacement's weakness: RePaint moves the unknown entries with the model's
+    conditional given one noisy copy of the context, p_t(y_u | y_c,t), which is broader than the
+    conditional given the clean values, p_t(y_u | y_c), that the reverse process needs; given m
+    copies, whose mean has noise sigma / sqrt(m), it tends to p_t(y_u | y_c) as m grows, so that
+    the replacement steps follow the conditional score itself. With the exact step-function
+    score (:func:`step_score`), 40 steps and no resampling, the share of samples consistent with
+    the observations goes from 0.48 (m = 1) to 1.00 (m = 10) (tests/test_ndp.py). Not for noisy
+    observations (copies of a noisy value would count as m observations): keep m = 1 there."""
     from .repaint import RePaint
     from .integrate import sample
     from .solvers import EulerMaruyama
 
+    if not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"conditional_sample: copies must be an integer >= 1, got {copies!r}")
+    x_context = torch.as_tensor(x_context).repeat_interleave(copies, 0)
+    y_context = torch.as_tensor(y_context).repeat_interleave(copies, 0)
     X = torch.cat([x_context, x_target]).to(torch.float32)[None]
     C, T = x_context.shape[0], x_target.shape[0]
-    known = torch.cat([torch.as_tensor(y_context, dtype=torch.float32), torch.zeros(T)])
+    known = torch.cat([y_context.to(torch.float32), torch.zeros(T)])
     mask = torch.zeros(C + T, dtype=torch.bool)
     mask[:C] = True
     hook = RePaint(EulerMaruyama() if solver is None else solver, known, mask, resample=resample)
