@@ -131,7 +131,7 @@ def gp_score(kernel: RBF, process):
     return score_of
 
 
-def step_score(process, low: float = -1.0, high: float = 1.0, levels: tuple[float, float] = (0.0, 1.0)):
+def step_score(process, low: float = -1.0, high: float = 1.0):
     """``score_of(X (B, N, 1)) -> Score``: the exact score of step-function values (f(x) = 0 for
     x < a, 1 otherwise, a ~ U[low, high]) under ``process``. At N inputs sorted as
     x_(1) <= ... <= x_(N), f(X) takes one of N + 1 patterns, pattern k (a in (x_(k), x_(k+1)],
@@ -140,8 +140,7 @@ def step_score(process, low: float = -1.0, high: float = 1.0, levels: tuple[floa
     N(alpha P_k, sigma^2 I), whose score is sum_k r_k (alpha P_k - y) / sigma^2 with
     responsibilities r_k = softmax_k(log w_k - |y - alpha P_k|^2 / (2 sigma^2)). Coinciding inputs
     get equal values (the patterns between them have weight 0). Float64 inside; for tests and
-    for separating a model's error from the conditioning method's (as :func:`gp_score`).
-    ``levels``: the values (left, right) of the step, (0, 1) for the functions above."""
+    for separating a model's error from the conditioning method's (as :func:`gp_score`)."""
     if not low < high:
         raise ValueError(f"step_score: need low < high, got {low}, {high}")
 
@@ -153,8 +152,7 @@ def step_score(process, low: float = -1.0, high: float = 1.0, levels: tuple[floa
         edges = torch.cat([torch.full_like(xs[:, :1], low), xs, torch.full_like(xs[:, :1], high)], 1)
         logw = torch.log((edges[:, 1:] - edges[:, :-1]) / (high - low))  # (B, N + 1); -inf for empty intervals
         P = (x[:, None, :] > edges[:, :-1, None]).to(torch.float64)  # (B, N + 1, N): pattern k is 1 where x > x_(k)
-        P = levels[0] + (levels[1] - levels[0]) * P
-        # ties: x equal to x_(k) lies left of the jump in pattern k (a > x_(k)); pattern k where x_(k) = x_(k+1) has weight 0
+        # ties: x = x_(k) is left of the jump in pattern k (a > x_(k)); x_(k) = x_(k+1) gives weight 0
 
         def fn(y, t):
             a, s = process.marginal(t)
@@ -324,7 +322,7 @@ def conditional_sample(score_of, process, x_context: torch.Tensor, y_context: to
     copies, whose mean has noise sigma / sqrt(m), it tends to p_t(y_u | y_c) as m grows, so that
     the replacement steps follow the conditional score itself. With the exact step-function
     score (:func:`step_score`), 40 steps and no resampling, the share of samples consistent with
-    the observations goes from 0.48 (m = 1) to 1.00 (m = 10) (tests/test_ndp.py). Not for noisy
+    the observations goes from 0.46 (m = 1) to 0.99 (m = 10) (400 samples; tests/test_ndp.py). Not for noisy
     observations (copies of a noisy value would count as m observations): keep m = 1 there."""
     from .repaint import RePaint
     from .integrate import sample

@@ -129,8 +129,8 @@ def test_context_copies_make_repaint_follow_the_conditional_of_the_exact_step_sc
     one copy of each observation puts the jump between the observed 0s and 1s in about half the
     samples (measured 0.49 of the first 200: the replacement moves the targets with the
     conditional given one noisy copy of the context, much broader than the posterior), ten
-    copies in all but a few (measured 0.995 of 200, 0.990 of 400), with the posterior's mean jump location (-0.025 on the grid) within 4
-    standard errors (sd 0.144)."""
+    copies in all but a few (measured 0.995 of 200, 0.990 of 400), with the posterior's mean
+    jump location (-0.025 on the grid) within 4 standard errors (sd 0.144)."""
     ex = _example()
     p = sds.VPSDE()
     xc, yc = ex.STEP_CONTEXT
