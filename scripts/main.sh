@@ -17,8 +17,8 @@
 #
 # Environment: CKPT (default runs/main_job/digits), OUT (default runs/main_job/bench, or
 # benchmarks/results/main_job with REFRESH_RESULTS=1), N (samples per row, default 600), NPROC
-# (processes for the benchmark via torchrun, one per core: default 2; each takes half of every row's
-# samples, so a row's time is that of its half), BOOTSTRAP (resamples, default 400),
+# (processes for training and the benchmark via torchrun, one per core: default 2; in the benchmark
+# each takes half of every row's samples, so a row's time is that of its half), BOOTSTRAP (resamples, default 400),
 # SKIP_SETUP=1 to use the current environment as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +42,19 @@ fi
 export OMP_NUM_THREADS=1
 t1=$(now)
 
+# one process per core (data parallel, the same steps as one process up to float32 rounding of the
+# gradient sums: tests/test_train_ddp.py)
+if [ "$NPROC" -gt 1 ]; then
+    SDESOLVE=(python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m sdesolve --)
+else
+    SDESOLVE=(python -m sdesolve)
+fi
 if [ -f "$CKPT/last.pt" ] || [ -f "$CKPT/prev.pt" ]; then
     trained="resumed or reused"
-    python -m sdesolve train --resume --out "$CKPT" --threads 1
+    "${SDESOLVE[@]}" train --resume --out "$CKPT" --threads 1
 else
     trained="trained"
-    python -m sdesolve train --data digits --model unet --process vp --loss edm --channels 16 \
+    "${SDESOLVE[@]}" train --data digits --model unet --process vp --loss edm --channels 16 \
         --steps 2000 --batch-size 128 --seed 0 --threads 1 --out "$CKPT"
 fi
 t2=$(now)
@@ -59,11 +66,7 @@ BENCH=(bench --checkpoint "$CKPT"
     --optimization-n 32 --teacher-steps 64 --candidates 32 --sweeps 2
     --peers "kdiffusion:dpmpp_2m,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,diffusers-unipc,torchdiffeq:dopri5,torchsde:euler"
     --n "$N" --seed 0 --batch-size 500 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT")
-if [ "$NPROC" -gt 1 ]; then
-    python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m sdesolve -- "${BENCH[@]}"
-else
-    python -m sdesolve "${BENCH[@]}"
-fi
+"${SDESOLVE[@]}" "${BENCH[@]}"
 t3=$(now)
 
 python - "$OUT" "$t0" "$t1" "$t2" "$t3" "$trained" "$CKPT" <<'EOF'

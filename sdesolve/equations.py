@@ -121,8 +121,8 @@ class DiffusionEquation(Equation):
         self.score = score if isinstance(score, Score) else Score(score)
 
     def _predict(self, t, x, kind: str) -> torch.Tensor:
-        if isinstance(t, torch.Tensor) and t.shape == (1,) and x.shape[0] != 1:
-            t = t.expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
+        if isinstance(t, torch.Tensor) and t.numel() == 1 and t.dim() <= 1 and (x.shape[0] != 1 or t.dim() == 0):
+            t = t.reshape(1).expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
@@ -172,7 +172,7 @@ class ReverseSDE(DiffusionEquation):
 
     def diffusion(self, t, x):
         g = per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
-        return g.expand((x.shape[0],) + g.shape[1:])
+        return g if g.dim() == 0 else g.expand((x.shape[0],) + g.shape[1:])
 
 
 class ProbabilityFlowODE(DiffusionEquation):

@@ -245,11 +245,11 @@ def _init_state(solver, eq, t0, y0, plan_grid):
 
 
 def _step(solver, eq, t0, t1, y0, state, noise, index, plan_grid):
-    """Step ``index`` of a grid shaped like ``plan_grid`` (its number of steps and whether it
-    ends low are what a solver reads from its position)."""
+    """Step ``index`` of a grid shaped like ``plan_grid``: its number of steps and whether it ends
+    low are what the solver is told; not the grid, whose points are not this step's times."""
     from .timeplan import Position, ends_low
     steps = plan_grid.numel() - 1
-    at = Position(index, steps, plan_grid, index == steps - 1 and ends_low(eq.process, float(plan_grid[-1])))
+    at = Position(index, steps, None, index == steps - 1 and ends_low(eq.process, float(plan_grid[-1])))
     return solver.step(eq, t0, t1, y0, state, noise, at)
 
 

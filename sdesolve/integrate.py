@@ -78,6 +78,7 @@ _EPS64 = torch.finfo(torch.float64).eps
 
 #: the first-bad-step mark of a sample whose states have all been finite (above any step index)
 _CLEAN = 2**62
+_FOLD = 32  # steps whose finiteness is folded into first_bad at once
 
 
 class _ZeroNoise(Noise):
@@ -133,6 +134,7 @@ class GridRun:
         # per sample, the first step that left a non-finite state (_CLEAN while there is none)
         self.first_bad = torch.full((B,), _CLEAN, dtype=torch.int64, device=y0.device) if (
             check_finite and math.prod(y0.shape[1:]) > 0) else None
+        self.peaks = []
         self.ys = [y0] if save else None
         self.zero = None if final_noise else _ZeroNoise(noise.stream, noise.step)
 
@@ -151,14 +153,25 @@ class GridRun:
         self.y, self.state = out.y, out.state
         if self.first_bad is not None:
             # max |y| per sample is NaN or Inf exactly where the sample has a NaN or an Inf (amax propagates
-            # NaN): one pass over y and a (B,) reduction, cheaper than isfinite(y).all(1)
-            finite = self.y.reshape(self.y.shape[0], -1).abs().amax(1) < math.inf
-            self.first_bad = torch.minimum(self.first_bad, torch.where(finite, _CLEAN, self.i))
+            # NaN); the (B,) peaks of _FOLD steps are folded into first_bad together
+            self.peaks.append(self.y.reshape(self.y.shape[0], -1).abs().amax(1))
         if self.ys is not None:
             self.ys.append(self.y)
         self.i += 1
+        if len(self.peaks) == _FOLD:
+            self._fold()
+
+    def _fold(self):
+        """first_bad from the peaks of the last steps ``i - len(peaks) .. i - 1``: per sample, the
+        first of them whose peak is not below Inf (NaN is not), kept when earlier than the one held."""
+        bad = ~(torch.stack(self.peaks) < math.inf)  # (K, B)
+        first = (self.i - len(self.peaks)) + bad.to(torch.int8).argmax(0)  # argmax: the first maximum
+        self.first_bad = torch.minimum(self.first_bad, torch.where(bad.any(0), first, _CLEAN))
+        self.peaks = []
 
     def outputs(self):
+        if self.peaks:
+            self._fold()
         return self.y, (torch.stack(self.ys) if self.ys is not None else None), self.first_bad
 
     def finish(self) -> Solution:

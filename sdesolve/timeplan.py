@@ -29,7 +29,8 @@ __all__ = ["Position", "CONTROLLED", "TimePlan", "plan_times", "ends_low"]
 @dataclass(frozen=True)
 class Position:
     """Where a step is. index: 0-based step index; steps: the number of steps of the fixed grid
-    (None under step-size control); grid: that grid (float64, on the host), or None; ends_low:
+    (None under step-size control); grid: that grid (float64, on the host), or None, whose points
+    ``index`` and ``index + 1`` are the step's t0 and t1 (a step may read its times there); ends_low:
     the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min)."""
 
     index: int = 0

@@ -112,6 +112,26 @@ def test_nonfinite_score_names_step_time_and_samples():
     assert "step 5" in str(e.value) and "t = 0.5" in str(e.value) and "[3, 4]" in str(e.value)
 
 
+@pytest.mark.parametrize("first", [(31, 40), (70, 33), (64, 95)])
+def test_nonfinite_first_step_across_the_checks_batches(first):
+    """The loop checks finiteness in batches of steps: the first non-finite step of each sample,
+    wherever it falls in a batch (a batch's first or last step, or across two), is the one
+    reported, and the earliest over the samples with the samples that share it."""
+    i0, i1 = first
+    grid = torch.linspace(1.0, 0.0, 101, dtype=torch.float64)
+    where = {0: grid[i0].item(), 1: grid[i1].item()}  # sample b turns NaN at step i_b
+
+    def drift(t, x):
+        out = -x
+        for b, tb in where.items():
+            out[b] = torch.where(t[b] <= tb, float("nan"), out[b])
+        return out
+
+    with pytest.raises(sds.NonFiniteError) as e:
+        sds.solve(sds.ODE(drift), torch.ones(3, 2), 1.0, 0.0, sds.Euler(), steps=100)
+    assert e.value.step == min(i0, i1) and e.value.samples == [0 if i0 < i1 else 1]
+
+
 def test_inf_drift_in_user_sde():
     eq = sds.SDE(lambda t, x: torch.where(t[:, None] > 0.3, torch.full_like(x, math.inf), -x), lambda t, x: 0.1 * torch.ones_like(x))
     with pytest.raises(sds.NonFiniteError, match=r"step 3 .*samples \[0, 1\]"):

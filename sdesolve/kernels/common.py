@@ -69,6 +69,8 @@ def column(value, x: torch.Tensor, dtype: torch.dtype, name: str, where: str) ->
     if not isinstance(value, torch.Tensor):
         # a fill on the device, not a host-to-device copy: capturable in a CUDA graph
         return torch.full((), value, dtype=dtype, device=x.device)
+    if value.dim() == 0 and value.device.type == "cpu":  # broadcasts as it is
+        return as_dtype(value, dtype)
     value = as_dtype(value, dtype, x.device)
     shape = (-1,) + (1,) * (x.dim() - 1)
     return value.reshape(-1).reshape(shape) if value.numel() != 1 else value.reshape((1,) * x.dim())
@@ -138,7 +140,7 @@ def noise_ref(noise, draw: int, z, x: torch.Tensor, dtype: torch.dtype) -> torch
     in float32 and never rounded to a half-precision state dtype, as in the kernels)."""
     if z is not None:
         return as_dtype(z, dtype)
-    like = torch.empty(x.shape, dtype=dtype, device=x.device)
+    like = x if x.dtype == dtype else torch.empty(x.shape, dtype=dtype, device=x.device)
     return noise.normal(like, draw)
 
 

@@ -97,6 +97,48 @@ class DPMSolver(DiffusionSolver):
         return Step(y)
 
 
+def _multistep_coefficients(a: LogSNRPoint, b: LogSNRPoint, lam_1, lam_2, sde: bool):
+    """(c_x, c_0, c_2, a_0, a_1, std) of a DPM-Solver++ multistep step from a to b (module
+    docstring): x_s = c_x x + c_0 D_0, plus c_2 (D_0 - D_{-1}) for (2M) given lambda_{-1}, or
+    a_0 (D_0 - D_{-1}) + a_1 (D_{-1} - D_{-2}) for (3M) given lambda_{-2} too, plus std z for the
+    SDE variant; None where not given. Elementwise: per-step values or whole grids at once."""
+    h = b.lam - a.lam
+    cx, c0 = data_coefficients(a, b)
+    if sde:
+        cx = cx * torch.exp(-h)
+        c0 = -b.alpha * torch.expm1(-2.0 * h)
+    c2 = a0 = a1 = std = None
+    if lam_1 is not None:
+        r0 = (a.lam - lam_1) / h
+        c2 = 0.5 * c0 / r0
+        if lam_2 is not None:
+            r1 = (lam_1 - lam_2) / h
+            phi2 = torch.expm1(-h) / h + 1.0
+            phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
+            rr = r0 + r1
+            # D1 = D1_0 + r0 / rr (D1_0 - D1_1), D2 = (D1_0 - D1_1) / rr, in the differences of D
+            a0 = b.alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0
+            a1 = b.alpha * (phi3 - phi2 * r0) / (rr * r1)
+    if sde:
+        std = b.sigma * torch.sqrt(-torch.expm1(-2.0 * h))
+    return cx, c0, c2, a0, a1, std
+
+
+def _grid_coefficients(process, grid: torch.Tensor, sde: bool) -> list:
+    """Per step i of ``grid``, :func:`_multistep_coefficients` as numbers (lambda_{-1} and
+    lambda_{-2} of the points before; NaN where a step has none, and the step's order never
+    reads them there)."""
+    pts = point(process, grid.to(torch.float64))
+    nan = torch.full((2,), float("nan"), dtype=torch.float64)
+    lam = torch.cat([nan, pts.lam])
+    a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
+    b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
+    cols = _multistep_coefficients(a, b, lam[1:-2], lam[:-3], sde)
+    n = grid.numel() - 1
+    cols = [c.tolist() if c is not None else [None] * n for c in cols]
+    return list(zip(*cols))
+
+
 # ------------------------------------------------------------------------------------------------
 class DPMSolverPP(DiffusionSolver):
     """DPM-Solver++ with the data prediction (Lu et al. 2022b): multistep (2M)/(3M) by default,
@@ -137,38 +179,46 @@ class DPMSolverPP(DiffusionSolver):
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         if not self.multistep:
             return self._step_2s(eq, t0, t1, y0, at)
+        if at.grid is not None and not t0.requires_grad:  # times that carry a gradient: per step
+            return self._grid_step(eq, t0, y0, state, noise, at)
         lams, outs, end = state
         p = eq.process
         a = LogSNRPoint(*end) if (end is not None and end[0] is t0) else point(p, t0)
         b = point(p, t1)
-        h = b.lam - a.lam
         x = y0
         d0 = eq.denoised(t0, x)
         k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        cx, c0 = data_coefficients(a, b)
-        if self.sde:
-            cx = cx * torch.exp(-h)
-            c0 = -b.alpha * torch.expm1(-2.0 * h)
-        y = per_sample(cx, x) * x + per_sample(c0, x) * d0
-        if k >= 2:
-            r0 = (a.lam - lams[-1]) / h
-            d_1 = outs[-1]
-            if k == 2:
-                y = y + per_sample(0.5 * c0 / r0, x) * (d0 - d_1)
-            else:
-                r1 = (lams[-1] - lams[-2]) / h
-                d_2 = outs[-2]
-                phi2 = torch.expm1(-h) / h + 1.0
-                phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
-                rr = r0 + r1
-                a0 = b.alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0
-                a1 = b.alpha * (phi3 - phi2 * r0) / (rr * r1)
-                y = y + per_sample(a0, x) * (d0 - d_1) + per_sample(a1, x) * (d_1 - d_2)
-        if self.sde:
-            y = y + per_sample(b.sigma * torch.sqrt(-torch.expm1(-2.0 * h)), x) * noise.normal(x, 0)
+        c = _multistep_coefficients(a, b, lams[-1] if k >= 2 else None, lams[-2] if k >= 3 else None, self.sde)
+        y = self._update(x, d0, outs, k, c, noise)
         keep = self.order - 1
         history = ((lams + (a.lam,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
         return Step(y, None, history + ((b.t, b.alpha, b.sigma, b.lam),))
+
+    def _grid_step(self, eq, t0, y0, state, noise, at):
+        """A step of a fixed grid (t0 = grid[i], t1 = grid[i + 1], as a position promises): the
+        coefficients of every step of the grid are computed together at the first step (as
+        diffusers' schedulers do) and a step reads its own as numbers, in place of some thirty
+        operations on one-element tensors per step."""
+        _, outs, table = state
+        if table is None:
+            table = _grid_coefficients(eq.process, at.grid, self.sde)
+        x = y0
+        d0 = eq.denoised(t0, x)
+        k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
+        y = self._update(x, d0, outs, k, table[at.index], noise)
+        keep = self.order - 1
+        return Step(y, None, ((), (outs + (d0,))[-keep:] if keep else (), table))
+
+    def _update(self, x, d0, outs, k, c, noise):
+        cx, c0, c2, a0, a1, std = c
+        y = per_sample(cx, x) * x + per_sample(c0, x) * d0
+        if k == 2:
+            y = y + per_sample(c2, x) * (d0 - outs[-1])
+        elif k == 3:
+            y = y + per_sample(a0, x) * (d0 - outs[-1]) + per_sample(a1, x) * (outs[-1] - outs[-2])
+        if self.sde:
+            y = y + per_sample(std, x) * noise.normal(x, 0)
+        return y
 
     def _step_2s(self, eq, t0, t1, y0, at):
         p = eq.process

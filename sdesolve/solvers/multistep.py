@@ -89,18 +89,19 @@ def _gauss_legendre(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def lagrange_integrals(nodes: list, v_of_w, w_a: torch.Tensor, w_b: torch.Tensor, drho_dw, n_quad: int) -> list:
     """c_j = int_{w_a}^{w_b} L_j(v(w)) drho/dw dw per sample, for the Lagrange basis L_j on
-    ``nodes`` (a list of (B,) tensors); Gauss-Legendre with ``n_quad`` nodes. Returns (B,) tensors."""
+    ``nodes`` (a list of (B,) tensors, or 0-d where the batch shares its times); Gauss-Legendre
+    with ``n_quad`` nodes. Returns (B,) (or 0-d) tensors."""
     u, wq = _gauss_legendre(n_quad, w_a.device)
-    w = w_a[:, None] + (w_b - w_a)[:, None] * u            # (B, Q)
+    w = w_a[..., None] + (w_b - w_a)[..., None] * u            # (B, Q) or (Q,)
     v = v_of_w(w)
-    jac = drho_dw(w) * wq * (w_b - w_a)[:, None]
+    jac = drho_dw(w) * wq * (w_b - w_a)[..., None]
     out = []
     for j, vj in enumerate(nodes):
         L = torch.ones_like(v)
         for m, vm in enumerate(nodes):
             if m != j:
-                L = L * (v - vm[:, None]) / (vj - vm)[:, None]
-        out.append((L * jac).sum(1))
+                L = L * (v - vm[..., None]) / (vj - vm)[..., None]
+        out.append((L * jac).sum(-1))
     return out
 
 

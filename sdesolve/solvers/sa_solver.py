@@ -75,9 +75,9 @@ class _SAState:
 
 def _weights(a, b, nodes: list, tau2: torch.Tensor) -> list:
     """(1 + tau^2) alpha_b int_{lam_a}^{lam_b} e^{(1 + tau^2)(l - lam_b)} L_i(l) dl, per sample."""
-    k = (1.0 + tau2)[:, None]
+    k = (1.0 + tau2)[..., None]
     return lagrange_integrals(nodes, lambda lam: lam, a.lam, b.lam,
-                              lambda lam: torch.exp(k * (lam - b.lam[:, None])) * k * b.alpha[:, None], 16)
+                              lambda lam: torch.exp(k * (lam - b.lam[..., None])) * k * b.alpha[..., None], 16)
 
 
 class SASolver(DiffusionSolver):
