@@ -56,6 +56,16 @@ NOISE_NOTE = ("increments of the reference's Brownian path over each step (Brown
 REFERENCE = ("EulerMaruyama (reference)", sds.EulerMaruyama(), 1000)
 
 
+def reference_path(base, reference_grid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """W at the reference's times, (len(reference_grid), *like.shape) float64: W(u_0) = 0 and
+    W(u_{j+1}) = W(u_j) + sqrt(u_{j+1} - u_j) (draw 0 of step j of ``base``), u = T - t."""
+    u = (reference_grid[0] - reference_grid).abs().to(torch.float64)
+    w = torch.zeros((len(u),) + tuple(like.shape), dtype=torch.float64)
+    for k in range(len(u) - 1):
+        w[k + 1] = w[k] + math.sqrt(float(u[k + 1] - u[k])) * base.at(k).normal(like, 0).to(torch.float64)
+    return w
+
+
 class SharedBrownianPath:
     """Step noise of a fixed grid taken from one Brownian path per sample, the path whose increments
     over the reference's grid are the reference's own noise: rows on other grids then see the
@@ -69,12 +79,13 @@ class SharedBrownianPath:
     z_k = (W(u_{k+1}) - W(u_k)) / sqrt(u_{k+1} - u_k) as its draw 0: independent standard normals
     (increments of a Brownian motion over disjoint intervals), independent of x_T, so that every
     row's samples have the law they have with the default noise; only the coupling between rows
-    changes. Other draws (and the prior) come from the sample's stream as usual.
+    changes. Other draws (and the prior) come from the sample's stream as usual. ``w``: the path at
+    the reference's times (:func:`reference_path`), when several grids share it.
     """
 
     BRIDGE = 0x7E000000
 
-    def __init__(self, base, reference_grid: torch.Tensor, grid: torch.Tensor, like: torch.Tensor):
+    def __init__(self, base, reference_grid: torch.Tensor, grid: torch.Tensor, like: torch.Tensor, w=None):
         rg, g = reference_grid.to(torch.float64), grid.to(torch.float64)
         if abs(float(rg[0] - g[0])) > 1e-12 or abs(float(rg[-1] - g[-1])) > 1e-12:
             raise ValueError(f"the grid {float(g[0])}..{float(g[-1])} must span the reference grid "
@@ -83,13 +94,7 @@ class SharedBrownianPath:
         uf, uc = (rg[0] - rg).abs(), (g[0] - g).abs()
         j = torch.searchsorted(uf, uc, right=True) - 1          # reference interval of each grid time
         on = (uc - uf[j]).abs() <= 1e-12                         # a reference time itself
-        need = {int(a) for a, o in zip(j, on) if o} | {int(a) + d for a, o in zip(j, on) if not o for d in (0, 1)}
-        w = torch.zeros(like.shape, dtype=torch.float64)
-        at_ref = {0: w.clone()}
-        for k in range(max(need)):
-            w = w + math.sqrt(float(uf[k + 1] - uf[k])) * base.at(k).normal(like, 0).to(torch.float64)
-            if k + 1 in need:
-                at_ref[k + 1] = w.clone()
+        at_ref = reference_path(base, rg, like) if w is None else w
         path, left = [], {}  # left[j]: the last known (u, W) in reference interval j and bridge draws used
         for i in range(len(uc)):
             jj, u = int(j[i]), float(uc[i])
@@ -161,6 +166,9 @@ def rows(full: bool = False):
     return out
 
 
+_PATHS = {}  # the reference's Brownian path of the current batch, shared by the rows
+
+
 def run_row(prob, solver, grid, steps, n, seed, batch, coupled=True):
     """(features (n, d), stats.nfe, seconds) of one row, in batches, with x_T and noise from (seed, i);
     ``coupled``: a stochastic row's step noise from the reference's Brownian path
@@ -175,7 +183,13 @@ def run_row(prob, solver, grid, steps, n, seed, batch, coupled=True):
             b = min(batch, n - lo)
             x_T = initial_noise(p, (b,) + shape, seed, lo)
             base = Noise.from_seed(seed, b, offset=lo)
-            noise = SharedBrownianPath(base, ref_grid, times, x_T) if (coupled and solver.stochastic) else base
+            if coupled and solver.stochastic:
+                if (seed, lo, b) not in _PATHS:
+                    _PATHS.clear()
+                    _PATHS[(seed, lo, b)] = reference_path(base, ref_grid, x_T)
+                noise = SharedBrownianPath(base, ref_grid, times, x_T, w=_PATHS[(seed, lo, b)])
+            else:
+                noise = base
             eq = p.reverse(prob.score) if solver.stochastic else p.probability_flow(prob.score)
             sol = sds.solve(eq, x_T, None, None, solver, schedule=times, noise=noise, check_finite=False)
             feats.append(prob.quality.prepare(prob.to_data(sol.y.float())))
