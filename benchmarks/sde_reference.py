@@ -147,7 +147,7 @@ def rows(full: bool = False):
                 sds.SASolver(po, po, tau=tau), g, nfe)
     out = [("ref", REFERENCE[0], REFERENCE[1], "default", REFERENCE[2])]
     out += [dpm(nfe) for nfe in (20, 30, 40, 50)]
-    out += [sa(po, "band", "time_uniform2", nfe) for po in (3, 2) for nfe in (20, 30, 40)]
+    out += [sa(3, tau, "time_uniform2", nfe) for tau in ("band", "1") for nfe in (20, 30, 40)]
     # Restart: the paper's CIFAR-10 VP setting is 18 EDM-Heun steps on Karras' grid and one interval
     # [0.06, 0.30] with K = 2 restarts of 2 Heun steps (43 NFE); smaller budgets take fewer steps.
     iv = (0.06, 0.30)
@@ -157,7 +157,7 @@ def rows(full: bool = False):
     for main, k, m in ((14, 2, 3), (22, 2, 4), (30, 2, 5)):
         out.append((f"restart-dpmpp-{main}-{k}x{m}", f"Restart(DPMSolverPP(2)) {main} st, K={k}x{m} on [0.06,0.30]",
                     sds.Restart(sds.DPMSolverPP(2), intervals=(iv + (k,),), restart_steps=m), "default", main))
-    out += [sa(po, "1", "time_uniform2", nfe) for po in (3, 2) for nfe in (20, 30, 40)]
+    out += [sa(2, tau, "time_uniform2", nfe) for tau in ("band", "1") for nfe in (20, 30, 40)]
     out += [sa(3, tau, g, 20) for tau in ("band", "1") for g in ("logsnr", "karras7")]
     if full:
         out += [sa(po, tau, g, nfe) for tau in ("band", "1") for po in (3, 2) for g in ("logsnr", "karras7")
