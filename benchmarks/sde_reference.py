@@ -169,17 +169,17 @@ def rows(full: bool = False):
 _PATHS = {}  # the reference's Brownian path of the current batch, shared by the rows
 
 
-def run_row(prob, solver, grid, steps, n, seed, batch, coupled=True):
-    """(features (n, d), stats.nfe, seconds) of one row, in batches, with x_T and noise from (seed, i);
-    ``coupled``: a stochastic row's step noise from the reference's Brownian path
-    (:class:`SharedBrownianPath`)."""
+def run_row(prob, solver, grid, steps, n, seed, batch, coupled=True, start=0):
+    """(features of samples start..n-1, stats.nfe, seconds) of one row, in batches, with x_T and
+    noise from (seed, i); ``coupled``: a stochastic row's step noise from the reference's Brownian
+    path (:class:`SharedBrownianPath`)."""
     shape = tuple(prob.sample_shape)
     p = prob.process
     feats, nfe, t0 = [], 0, time.time()
     ref_grid = REFERENCE[1].default_schedule(p, REFERENCE[2])
     times = (grid or solver.default_schedule)(p, steps)
     with torch.no_grad():
-        for lo in range(0, n, batch):
+        for lo in range(start, n, batch):
             b = min(batch, n - lo)
             x_T = initial_noise(p, (b,) + shape, seed, lo)
             base = Noise.from_seed(seed, b, offset=lo)
@@ -302,7 +302,14 @@ def main(argv=None):
         path = cache / f"{key}.pt"
         if args.report_only or path.exists() or (only and key != "ref" and not any(o in key for o in only)):
             continue
-        feats, nfe, secs = run_row(prob, solver, GRIDS[g], steps, args.n, args.seed, args.batch, coupled)
+        # the first samples of a smaller run are the same samples: reuse them
+        smaller = sorted((int(d.name.split("-")[0][1:]), d) for d in cache.parent.glob(f"n*-{cache.name.split('-', 1)[1]}")
+                         if (d / f"{key}.pt").exists() and int(d.name.split("-")[0][1:]) < args.n)
+        head = torch.load(smaller[-1][1] / f"{key}.pt", weights_only=True) if smaller else None
+        feats, nfe, secs = run_row(prob, solver, GRIDS[g], steps, args.n, args.seed, args.batch, coupled,
+                                   start=0 if head is None else head["features"].shape[0])
+        if head is not None:
+            feats, secs = torch.cat([head["features"], feats]), secs + head["seconds"]
         rec = {"features": feats, "nfe": nfe, "seconds": secs, "label": label, "solver": repr(solver), "grid": g,
                "steps": steps}
         torch.save(rec, path.with_suffix(".tmp"))
