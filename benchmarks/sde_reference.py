@@ -268,6 +268,18 @@ def report(prob, table, n, seed, replicates, out: Path, command: str, env: dict,
     else:
         tried = sorted(r["nfe"] for r in body if r["key"].startswith("dpmsde"))
         lines.append(f"- DPM-Solver++(2M) SDE: not resolved within 10% at any of {tried} NFE")
+    # every other row against DPM-Solver++(2M) SDE at the same NFE (paired)
+    versus = []
+    dpm_at = {r["nfe"]: r["key"] for r in body if r["key"].startswith("dpmsde")}
+    for r in body:
+        if not r["key"].startswith("dpmsde") and r["nfe"] in dpm_at:
+            c = compare(fd[r["key"]], fd[dpm_at[r["nfe"]]], boot.level)
+            r["fd_minus_dpmsde_same_nfe"] = [c["diff"], c["lo"], c["hi"]]
+            versus.append(f"| {r['sampler']} | {r['grid']} | {r['nfe']} | {fmt(c['diff'], c['lo'], c['hi'])} | "
+                          f"{ {-1: 'better', 1: 'worse', 0: 'not resolved'}[c['sign']] } |")
+    if versus:
+        lines += ["", "## Against DPM-Solver++(2M) SDE at the same NFE (paired)", "",
+                  "| sampler | grid | NFE | FD - FD(DPM-Solver++(2M) SDE) [95%] | |", "|---|---|---|---|---|"] + versus
     out.parent.mkdir(parents=True, exist_ok=True)
     res = {"command": command, "noise": NOISE_NOTE if coupled else "independent", "environment": env, "checkpoint": prob.info, "n": n, "seed": seed,
            "bootstrap": boot.describe(), "metric": prob.quality.primary, "floor": floor, "margin": MARGIN,
