@@ -9,8 +9,11 @@ SDE; metric: the sliced Wasserstein-2 distance to 10000 exact samples of p_{t_mi
 split). For each solver and NFE budget the rows are the hand-designed grids (log-SNR, Karras
 rho = 7, uniform, quadratic, time-uniform rho = 2) and the grids of ``sdesolve.schedules.optimize`` with the
 dynamic program ("dp") and the learned grid ("learned"), calibrated on ``--calibration-n``
-samples of seed ``--calibration-seed`` and evaluated on ``--n`` other samples (seed ``--seed``,
-the same x_T for every row).
+samples of seed ``--calibration-seed`` (the last ``--holdout`` fraction of them held out of the
+search to choose the grid) and evaluated on ``--n`` other samples (seed ``--seed``, the same x_T
+for every row). ``--feature-loss`` measures the digits losses in the digits classifier's
+features, per sample (``--loss mse``) or as the Fréchet distance to the teacher's samples
+(``--loss frechet``).
 
 Comparisons are paired: every row maps the same x_T, and a bootstrap over sample indices
 (``--bootstrap`` resamples, the same indices for both rows) gives 95% intervals for the metric
