@@ -9,8 +9,11 @@ SDE; metric: the sliced Wasserstein-2 distance to 10000 exact samples of p_{t_mi
 split). For each solver and NFE budget the rows are the hand-designed grids (log-SNR, Karras
 rho = 7, uniform, quadratic, time-uniform rho = 2) and the grids of ``sdesolve.schedules.optimize`` with the
 dynamic program ("dp") and the learned grid ("learned"), calibrated on ``--calibration-n``
-samples of seed ``--calibration-seed`` and evaluated on ``--n`` other samples (seed ``--seed``,
-the same x_T for every row).
+samples of seed ``--calibration-seed`` (the last ``--holdout`` fraction of them held out of the
+search to choose the grid) and evaluated on ``--n`` other samples (seed ``--seed``, the same x_T
+for every row). ``--feature-loss`` measures the digits losses in the digits classifier's
+features, per sample (``--loss mse``) or as the Fréchet distance to the teacher's samples
+(``--loss frechet``).
 
 Comparisons are paired: every row maps the same x_T, and a bootstrap over sample indices
 (``--bootstrap`` resamples, the same indices for both rows) gives 95% intervals for the metric
@@ -40,6 +43,7 @@ from sdesolve.bench.runner import cpu_name, initial_noise
 
 HAND = {"logsnr": sds.schedules.logsnr, "karras": sds.schedules.karras(7.0), "uniform": sds.schedules.uniform,
         "quadratic": sds.schedules.quadratic, "time_uniform2": sds.schedules.time_uniform(2.0)}
+LOSSES = {"mse": go.MeanSquared, "frechet": go.Frechet}
 SOLVERS = {"euler": sds.Euler, "dpmsolverpp": lambda: sds.DPMSolverPP(2), "unipc": lambda: sds.UniPC(2),
            "ddim": sds.DDIM, "heun": sds.Heun, "ipndm": lambda: sds.IPNDM(4), "deis": lambda: sds.DEIS(3)}
 
@@ -77,7 +81,7 @@ def problem_represent(problem, args) -> dict:
     def represent(y):
         x = problem.to_data(y)
         return ex(((x - lo) * (2.0 / (hi - lo)) - 1.0).float())
-    return {"represent": represent, "represent_id": "digits-classifier features"}
+    return {"represent": represent, "represent_id": "digits-classifier features", "loss": LOSSES[args.loss]()}
 
 
 def _ci(v, point):
@@ -152,7 +156,7 @@ def run_problem(name, problem, metric, args, methods, dtype, model_id, log):
                 with torch.no_grad():
                     opt = go.optimize(process, score, solver, steps, method=method, n=args.calibration_n,
                                       seed=args.calibration_seed, reference=teacher, shape=shape, dtype=dtype,
-                                      model_id=model_id, **problem_represent(problem, args))
+                                      model_id=model_id, holdout=args.holdout, **problem_represent(problem, args))
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     y = sds.sample(process, score, solver, x_T=x_T, schedule=opt.grid, seed=args.seed).y
@@ -186,7 +190,11 @@ def markdown(results) -> str:
     lines = ["# Optimized time grids against hand-designed ones", "",
              f"Command: `{results['command']}`", "",
              f"Machine: {results['machine']}; torch {results['torch']}. Calibration: seed "
-             f"{results['calibration_seed']}, {results['calibration_n']} samples ({results['calibration_n_digits']} for digits); evaluation: seed {results['seed']} "
+             f"{results['calibration_seed']}, {results['calibration_n']} samples ({results['calibration_n_digits']} for digits), "
+             f"the last {100 * results.get('holdout', 0):.0f}% held out of the search to choose the grid (sdesolve.schedules.optimize's "
+             f"holdout); loss: " + (f"{results.get('loss', 'mse')} in the digits classifier's features for digits, per-sample "
+             "squared distance otherwise" if results.get("feature_loss") else "per-sample squared distance to the teacher")
+             + f"; evaluation: seed {results['seed']} "
              "(same x_T for every row). Intervals: 95% bootstrap over sample indices "
              f"({results['bootstrap']} resamples for the mixtures, {results.get('bootstrap_digits')} for digits; the same "
              "for every row: paired; percentiles from 100 resamples up, else point ± 1.96 bootstrap sd). Excess reduction: "
@@ -303,6 +311,11 @@ def main(argv=None):
     ap.add_argument("--bootstrap-digits", type=int, default=200)
     ap.add_argument("--feature-loss", action="store_true",
                     help="digits: measure the optimizers' losses in the digits classifier's features")
+    ap.add_argument("--loss", choices=sorted(LOSSES), default="mse",
+                    help="with --feature-loss: the optimizers' end-to-end loss in the features (mse: per sample; "
+                         "frechet: the Fréchet distance to the teacher's samples over the batch)")
+    ap.add_argument("--holdout", type=float, default=0.5,
+                    help="fraction of the calibration samples held out of the search to choose the grid")
     ap.add_argument("--out", required=True)
     ap.add_argument("--distance-from", help="a results .json of this script: measure its grids' distance to the "
                     "teacher on the evaluation samples instead")
@@ -316,6 +329,7 @@ def main(argv=None):
                "python": platform.python_version(), "seed": args.seed, "calibration_seed": args.calibration_seed,
                "calibration_n": args.calibration_n, "calibration_n_digits": args.calibration_n_digits, "n": args.n, "n_digits": args.n_digits,
                "bootstrap": args.bootstrap, "bootstrap_digits": args.bootstrap_digits, "teacher_steps": args.teacher_steps, "methods": ["dp", "learned"],
+               "holdout": args.holdout, "feature_loss": args.feature_loss, "loss": args.loss,
                "problems": {}, "entries": []}
     log = lambda s: print(s, flush=True)  # noqa: E731
     for pname in args.problems.split(","):

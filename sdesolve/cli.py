@@ -632,7 +632,7 @@ def _optimize(args, problem, solver, steps, method, device, command):
         return gridopt.optimize(problem.process, problem.score, solver, steps, method=method, n=args.optimization_n,
                                 seed=args.optimization_seed, reference=gridopt.Teacher(steps=args.teacher_steps),
                                 shape=problem.sample_shape, device=device, dtype=dtype, model_id=ident,
-                                cache=args.grid_cache)
+                                cache=args.grid_cache, holdout=args.holdout)
 
 
 def _grid_rows(args, problem, solvers, nfe, device, opt_solvers, opt_nfe) -> list:
@@ -704,6 +704,8 @@ def _add_grid_options(p):
     p.add_argument("--teacher-steps", type=int, default=256,
                    help="steps of the teacher (DPM-Solver++(3M), log-SNR grid) (default 256)")
     p.add_argument("--grid-cache", help="directory caching optimized grids (a .pt tensor and a .json record each)")
+    p.add_argument("--holdout", type=float, default=0.5,
+                   help="fraction of the calibration samples held out of the search to choose the grid (default 0.5)")
     p.add_argument("--candidates", type=int, help="dp: candidate steps (default 64; divides --teacher-steps)")
     p.add_argument("--sweeps", type=int, help="dp: greedy end-to-end refinement sweeps (default 3)")
     p.add_argument("--iterations", type=int, help="learned: Adam iterations (default 150)")

@@ -218,3 +218,59 @@ def test_a_representation_scales_the_losses_and_keeps_the_argmin():
     assert "2y" in doubled.record["loss"]
     with pytest.raises(ValueError, match="represent_id"):
         sds.schedules.optimize(P, score, sds.Euler(), 4, represent=lambda y: y, **kw)
+
+
+def _held_out_losses(solver, grid, steps, n, n_fit, seed, teacher_steps):
+    """Independent recomputation of the held-out part: samples n_fit..n-1 of the calibration seed,
+    the teacher and the solver run through sds.sample; mean squared distance per dimension."""
+    x_T = go._initial(P, n, (3,), seed, None, torch.float64)[n_fit:]
+    score = GAUSS.score(P)
+    ref = sds.sample(P, score, sds.DPMSolverPP(order=3), x_T=x_T, schedule=sds.schedules.logsnr(P, teacher_steps)).y
+    grids = {"logsnr": sds.schedules.logsnr(P, steps), "karras": sds.schedules.karras(7.0)(P, steps),
+             "uniform": sds.schedules.uniform(P, steps), "quadratic": sds.schedules.quadratic(P, steps),
+             "time_uniform": sds.schedules.time_uniform(2.0)(P, steps), "returned": grid}
+    return {k: float((sds.sample(P, score, solver, x_T=x_T, schedule=g).y - ref).pow(2).mean()) for k, g in grids.items()}
+
+
+@pytest.mark.parametrize("solver,method", [
+    (sds.IPNDM(), go.DynamicProgramming(candidates=16, sweeps=3)), (sds.IPNDM(), go.Learned(iterations=60, lr=0.3)),
+    # a search confined to the 4 log-SNR candidates returns the log-SNR grid: a hand grid must win
+    (sds.Euler(), go.DynamicProgramming(candidates=4, sweeps=0))], ids=["ipndm-dp", "ipndm-learned", "euler-logsnr-only"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_held_out_selection_never_returns_a_grid_worse_than_the_best_hand_grid_there(solver, method, seed):
+    """Fitted on 3 samples (inviting overfitting), chosen on 5 held-out ones: recomputed
+    independently, the returned grid's held-out loss is at most every hand grid's, and the record
+    reports it."""
+    go.clear_cache()
+    steps, n, teacher = 4, 8, 32
+    opt = sds.schedules.optimize(P, GAUSS.score(P), solver, steps, method=method, shape=(3,), n=n, seed=seed,
+                                 holdout=0.6, reference=go.Teacher(steps=teacher), model_id="gaussian-3d-holdout")
+    assert opt.record["calibration"]["fit"] == [0, 3] and opt.record["calibration"]["held_out"] == [3, 8]
+    held = _held_out_losses(solver, opt.grid, steps, n, 3, seed, teacher)
+    best_hand = min(v for k, v in held.items() if k != "returned")
+    assert held["returned"] <= best_hand * (1 + 1e-9)
+    assert opt.record["loss_after"] == pytest.approx(held["returned"], rel=1e-9)
+    assert opt.record["loss_before"] == pytest.approx(best_hand, rel=1e-9)
+    if method.candidates == steps if isinstance(method, go.DynamicProgramming) else False:
+        assert opt.record["fallback"] != "logsnr"
+        torch.testing.assert_close(torch.tensor(opt.record["searched_grid"], dtype=torch.float64),
+                                   sds.schedules.logsnr(P, steps), rtol=1e-12, atol=1e-12)
+
+
+def test_frechet_loss_is_the_frechet_distance_and_differentiable():
+    """The Fréchet objective equals sdesolve.metrics' FD between the two feature sets, and its
+    gradient matches finite differences."""
+    from sdesolve.metrics.frechet import fd_from_features
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = target + 0.3 * torch.randn(40, 3, generator=g, dtype=torch.float64) + 0.2
+    obj = go._Objective(go.Frechet(), target)
+    assert float(obj(y)) == pytest.approx(fd_from_features(y, target), rel=1e-8)
+    yv = y.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(obj(yv), [yv])
+    v = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    eps = 1e-6
+    fd = (float(obj(y + eps * v)) - float(obj(y - eps * v))) / (2 * eps)
+    assert float((grad * v).sum()) == pytest.approx(fd, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        sds.schedules.optimize(P, GAUSS.score(P), sds.Euler(), 3, shape=(3,), n=3, loss=go.Frechet())
