@@ -704,8 +704,8 @@ def _add_grid_options(p):
     p.add_argument("--teacher-steps", type=int, default=256,
                    help="steps of the teacher (DPM-Solver++(3M), log-SNR grid) (default 256)")
     p.add_argument("--grid-cache", help="directory caching optimized grids (a .pt tensor and a .json record each)")
-    p.add_argument("--holdout", type=float, default=0.5,
-                   help="fraction of the calibration samples held out of the search to choose the grid (default 0.5)")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="fraction of the calibration samples held out of the search to choose the grid (default 0)")
     p.add_argument("--candidates", type=int, help="dp: candidate steps (default 64; divides --teacher-steps)")
     p.add_argument("--sweeps", type=int, help="dp: greedy end-to-end refinement sweeps (default 3)")
     p.add_argument("--iterations", type=int, help="learned: Adam iterations (default 150)")

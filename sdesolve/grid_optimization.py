@@ -38,7 +38,7 @@ program's path or, when its end-to-end loss is lower, from the best hand-designe
 Karras rho = 7, uniform, quadratic, time-uniform rho = 2, the solver's default) moved onto the
 nearest candidates.
 
-Held-out selection (``holdout``, default 0.5). The last ``round(holdout * n)`` calibration
+Held-out selection (``holdout``, default 0: off). The last ``round(holdout * n)`` calibration
 samples are kept out of the search: the cost matrix, the refinement and the gradient steps see
 only the others (the fit samples). The held-out samples choose: the refinement's accepted paths
 and the learned method's iterates are scored on them and the best one is kept (early stopping),
@@ -555,7 +555,7 @@ def load_grid(path) -> OptimizedGrid:
 def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, seed: int = CALIBRATION_SEED,
              reference: Teacher | None = None, shape=None, device=None, dtype=torch.float64, model_id=None,
              cache=None, represent=None, represent_id: str | None = None, loss=None,
-             holdout: float = 0.5) -> OptimizedGrid:
+             holdout: float = 0.0) -> OptimizedGrid:
     """A grid of ``steps`` steps for ``solver`` on ``process`` with ``score``, optimized against a
     teacher on ``n`` calibration samples (see the module docstring).
 
@@ -574,15 +574,18 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     refinement, the learned method's gradient steps) sees only the other samples; the held-out
     ones choose the result: the refinement's accepted paths and the learned method's iterates
     are scored on them and the best is kept (early stopping), and the returned grid is the one
-    with the lowest held-out loss among the search's result and the hand-designed grids. The
-    default 0.5 is there because a grid fitted to a few dozen samples can lower their loss while
-    raising it on others (on the digits model, 32 calibration images: calibration losses down
-    25-70%, FD on evaluation seeds up for three of four solvers); selecting on samples the
-    search never saw makes the returned grid no worse than the best hand grid there, an
-    unbiased check of what it will do on new samples. The check is as good as the held-out
-    loss is precise: a Fréchet distance in 64 features from 128 held-out digits still ranks
-    grids differently from the FD of 1000 evaluation samples (UniPC at 5 NFE in
-    benchmarks/results/grid_optimization_features.md)."""
+    with the lowest held-out loss among the search's result and the hand-designed grids. It is
+    there because a grid fitted to a few dozen samples can lower their loss while raising it on
+    others (on the digits model, 32 calibration images: calibration losses down 25-70%, FD on
+    evaluation seeds up for three of four solvers); selecting on samples the search never saw
+    makes the returned grid no worse than the best hand grid there, an unbiased check of what it
+    will do on new samples. The check is only as good as the held-out loss is precise, and it
+    halves what the search fits: a Fréchet distance in 64 features from 128 held-out digits
+    still ranks grids differently from the FD of 1000 evaluation samples (UniPC at 5 NFE in
+    benchmarks/results/grid_optimization_features.md), and at 10 NFE on the mixtures with 64
+    held-out samples it chose hand grids worse on evaluation than the unchecked search's
+    (benchmarks/results/grid_optimization.md); so it is off by default (0: search and
+    selection on the whole batch) and worth its halving with a few hundred calibration samples."""
     if isinstance(method, str):
         table = {"dp": DynamicProgramming, "learned": Learned}
         if method not in table:

@@ -273,4 +273,4 @@ def test_frechet_loss_is_the_frechet_distance_and_differentiable():
     fd = (float(obj(y + eps * v)) - float(obj(y - eps * v))) / (2 * eps)
     assert float((grad * v).sum()) == pytest.approx(fd, rel=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
-        sds.schedules.optimize(P, GAUSS.score(P), sds.Euler(), 3, shape=(3,), n=3, loss=go.Frechet())
+        sds.schedules.optimize(P, GAUSS.score(P), sds.Euler(), 3, shape=(3,), n=3, loss=go.Frechet(), holdout=0.5)

@@ -97,46 +97,48 @@ class DPMSolver(DiffusionSolver):
         return Step(y)
 
 
-def _multistep_coefficients(a: LogSNRPoint, b: LogSNRPoint, lam_1, lam_2, sde: bool):
-    """(c_x, c_0, c_2, a_0, a_1, std) of a DPM-Solver++ multistep step from a to b (module
-    docstring): x_s = c_x x + c_0 D_0, plus c_2 (D_0 - D_{-1}) for (2M) given lambda_{-1}, or
-    a_0 (D_0 - D_{-1}) + a_1 (D_{-1} - D_{-2}) for (3M) given lambda_{-2} too, plus std z for the
-    SDE variant; None where not given. Elementwise: per-step values or whole grids at once."""
+def _step_coefficients(a: LogSNRPoint, b: LogSNRPoint, sde: bool) -> tuple:
+    """What a DPM-Solver++ multistep step from a to b needs of its two ends (module docstring):
+    (c_x, c_0, std, h, phi_2, phi_3, alpha_s, lambda_t) with x_s = c_x x + c_0 D_0 (+ std z for
+    the SDE variant; std None otherwise). Elementwise: one step's values or a whole grid's."""
     h = b.lam - a.lam
     cx, c0 = data_coefficients(a, b)
+    std = None
     if sde:
         cx = cx * torch.exp(-h)
         c0 = -b.alpha * torch.expm1(-2.0 * h)
-    c2 = a0 = a1 = std = None
-    if lam_1 is not None:
-        r0 = (a.lam - lam_1) / h
-        c2 = 0.5 * c0 / r0
-        if lam_2 is not None:
-            r1 = (lam_1 - lam_2) / h
-            phi2 = torch.expm1(-h) / h + 1.0
-            phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
-            rr = r0 + r1
-            # D1 = D1_0 + r0 / rr (D1_0 - D1_1), D2 = (D1_0 - D1_1) / rr, in the differences of D
-            a0 = b.alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0
-            a1 = b.alpha * (phi3 - phi2 * r0) / (rr * r1)
-    if sde:
         std = b.sigma * torch.sqrt(-torch.expm1(-2.0 * h))
-    return cx, c0, c2, a0, a1, std
+    phi2 = torch.expm1(-h) / h + 1.0
+    phi3 = (torch.expm1(-h) + h) / h**2 - 0.5
+    return cx, c0, std, h, phi2, phi3, b.alpha, a.lam
 
 
-def _grid_coefficients(process, grid: torch.Tensor, sde: bool) -> list:
-    """Per step i of ``grid``, :func:`_multistep_coefficients` as numbers (lambda_{-1} and
-    lambda_{-2} of the points before; NaN where a step has none, and the step's order never
-    reads them there)."""
-    pts = point(process, grid.to(torch.float64))
-    nan = torch.full((2,), float("nan"), dtype=torch.float64)
-    lam = torch.cat([nan, pts.lam])
-    a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
-    b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
-    cols = _multistep_coefficients(a, b, lam[1:-2], lam[:-3], sde)
-    n = grid.numel() - 1
-    cols = [c.tolist() if c is not None else [None] * n for c in cols]
-    return list(zip(*cols))
+def _history_coefficients(c, lam_1, lam_2):
+    """The terms of the history (module docstring), from the step's ``c`` of
+    :func:`_step_coefficients` and the lambdas of the previous points: c_2 of (2M),
+    x_s += c_2 (D_0 - D_{-1}), given lambda_{-1}; or (a_0, a_1) of (3M), x_s += a_0 (D_0 - D_{-1})
+    + a_1 (D_{-1} - D_{-2}), given lambda_{-2} too. Arithmetic only: numbers or tensors."""
+    _, c0, _, h, phi2, phi3, alpha, lam = c
+    r0 = (lam - lam_1) / h
+    if lam_2 is None:
+        return 0.5 * c0 / r0
+    r1 = (lam_1 - lam_2) / h
+    rr = r0 + r1
+    # D1 = D1_0 + r0 / rr (D1_0 - D1_1), D2 = (D1_0 - D1_1) / rr, written in the differences of D
+    return alpha * (phi2 * (1.0 + r0 / rr) - phi3 / rr) / r0, alpha * (phi3 - phi2 * r0) / (rr * r1)
+
+
+class _GridTable:
+    """:func:`_step_coefficients` of every step of one grid, as numbers, computed together."""
+
+    def __init__(self, process, grid: torch.Tensor, sde: bool):
+        self.grid = grid
+        pts = point(process, grid.to(torch.float64))
+        a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
+        b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
+        n = grid.numel() - 1
+        cols = [c.tolist() if c is not None else [None] * n for c in _step_coefficients(a, b, sde)]
+        self.steps = list(zip(*cols))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,46 +181,36 @@ class DPMSolverPP(DiffusionSolver):
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         if not self.multistep:
             return self._step_2s(eq, t0, t1, y0, at)
-        if at.grid is not None and not t0.requires_grad:  # times that carry a gradient: per step
-            return self._grid_step(eq, t0, y0, state, noise, at)
         lams, outs, end = state
-        p = eq.process
-        a = LogSNRPoint(*end) if (end is not None and end[0] is t0) else point(p, t0)
-        b = point(p, t1)
+        if at.grid is not None and not t0.requires_grad:  # times that carry a gradient: per step
+            # a fixed grid's coefficients, computed for the whole grid at its first step (as
+            # diffusers' schedulers do) and read as numbers, in place of some thirty operations on
+            # one-element tensors per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
+            if not (isinstance(end, _GridTable) and end.grid is at.grid):
+                end = _GridTable(eq.process, at.grid, self.sde)
+            c = end.steps[at.index]
+            new_end = end
+        else:
+            p = eq.process
+            a = LogSNRPoint(*end) if (isinstance(end, tuple) and end[0] is t0) else point(p, t0)
+            b = point(p, t1)
+            c = _step_coefficients(a, b, self.sde)
+            new_end = (b.t, b.alpha, b.sigma, b.lam)
         x = y0
         d0 = eq.denoised(t0, x)
         k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        c = _multistep_coefficients(a, b, lams[-1] if k >= 2 else None, lams[-2] if k >= 3 else None, self.sde)
-        y = self._update(x, d0, outs, k, c, noise)
-        keep = self.order - 1
-        history = ((lams + (a.lam,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
-        return Step(y, None, history + ((b.t, b.alpha, b.sigma, b.lam),))
-
-    def _grid_step(self, eq, t0, y0, state, noise, at):
-        """A step of a fixed grid (t0 = grid[i], t1 = grid[i + 1], as a position promises): the
-        coefficients of every step of the grid are computed together at the first step (as
-        diffusers' schedulers do) and a step reads its own as numbers, in place of some thirty
-        operations on one-element tensors per step."""
-        _, outs, table = state
-        if table is None:
-            table = _grid_coefficients(eq.process, at.grid, self.sde)
-        x = y0
-        d0 = eq.denoised(t0, x)
-        k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        y = self._update(x, d0, outs, k, table[at.index], noise)
-        keep = self.order - 1
-        return Step(y, None, ((), (outs + (d0,))[-keep:] if keep else (), table))
-
-    def _update(self, x, d0, outs, k, c, noise):
-        cx, c0, c2, a0, a1, std = c
+        cx, c0, std = c[0], c[1], c[2]
         y = per_sample(cx, x) * x + per_sample(c0, x) * d0
         if k == 2:
-            y = y + per_sample(c2, x) * (d0 - outs[-1])
+            y = y + per_sample(_history_coefficients(c, lams[-1], None), x) * (d0 - outs[-1])
         elif k == 3:
+            a0, a1 = _history_coefficients(c, lams[-1], lams[-2])
             y = y + per_sample(a0, x) * (d0 - outs[-1]) + per_sample(a1, x) * (outs[-1] - outs[-2])
         if self.sde:
             y = y + per_sample(std, x) * noise.normal(x, 0)
-        return y
+        keep = self.order - 1
+        history = ((lams + (c[7],))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
+        return Step(y, None, history + (new_end,))
 
     def _step_2s(self, eq, t0, t1, y0, at):
         p = eq.process
