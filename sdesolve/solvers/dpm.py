@@ -129,7 +129,9 @@ def _history_coefficients(c, lam_1, lam_2):
 
 
 class _GridTable:
-    """:func:`_step_coefficients` of every step of one grid, as numbers, computed together."""
+    """:func:`_step_coefficients` of every step of one grid, computed together on the host grid
+    and split into one-element views (numbers in arithmetic with a state on any device, read
+    without a host transfer: a fixed-step loop stays free of host synchronisation)."""
 
     def __init__(self, process, grid: torch.Tensor, sde: bool):
         self.grid = grid
@@ -137,7 +139,7 @@ class _GridTable:
         a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
         b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
         n = grid.numel() - 1
-        cols = [c.tolist() if c is not None else [None] * n for c in _step_coefficients(a, b, sde)]
+        cols = [c.unbind(0) if c is not None else [None] * n for c in _step_coefficients(a, b, sde)]
         self.steps = list(zip(*cols))
 
 
@@ -184,8 +186,8 @@ class DPMSolverPP(DiffusionSolver):
         lams, outs, end = state
         if at.grid is not None and not t0.requires_grad:  # times that carry a gradient: per step
             # a fixed grid's coefficients, computed for the whole grid at its first step (as
-            # diffusers' schedulers do) and read as numbers, in place of some thirty operations on
-            # one-element tensors per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
+            # diffusers' schedulers do), in place of some thirty operations on one-element tensors
+            # per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
             if not (isinstance(end, _GridTable) and end.grid is at.grid):
                 end = _GridTable(eq.process, at.grid, self.sde)
             c = end.steps[at.index]
