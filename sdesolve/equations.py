@@ -121,7 +121,7 @@ class DiffusionEquation(Equation):
         self.score = score if isinstance(score, Score) else Score(score)
 
     def _predict(self, t, x, kind: str) -> torch.Tensor:
-        if isinstance(t, torch.Tensor) and t.numel() == 1 and t.dim() <= 1 and (x.shape[0] != 1 or t.dim() == 0):
+        if isinstance(t, torch.Tensor) and t.dim() <= 1 and t.numel() == 1:
             t = t.reshape(1).expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
@@ -168,11 +168,10 @@ class ReverseSDE(DiffusionEquation):
     def drift(self, t, x):
         s = self.score_at(t, x)
         tc = shared_time(t)
-        return per_sample(self.process.f(tc), x) * x - per_sample(self.process.g2(tc), x) * s
+        return per_sample(self.process.f(tc), x) * x - self.g2(tc, x) * s
 
     def diffusion(self, t, x):
-        g = per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
-        return g if g.dim() == 0 else g.expand((x.shape[0],) + g.shape[1:])
+        return per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
 
 
 class ProbabilityFlowODE(DiffusionEquation):
@@ -181,7 +180,7 @@ class ProbabilityFlowODE(DiffusionEquation):
     def drift(self, t, x):
         s = self.score_at(t, x)
         tc = shared_time(t)
-        return per_sample(self.process.f(tc), x) * x - 0.5 * per_sample(self.process.g2(tc), x) * s
+        return per_sample(self.process.f(tc), x) * x - 0.5 * self.g2(tc, x) * s
 
 
 class VelocityODE(ProbabilityFlowODE):

@@ -12,7 +12,8 @@ discrete VP schedule, any Gaussian path), lambda_t = log(alpha_t / sigma_t). One
                 std = eta sigma_s sqrt(1 - e^{-2h}),  c_x = sqrt(sigma_s^2 - std^2) / sigma_t,
                 c_D = alpha_s - c_x alpha_t
 
-All coefficients are float64 tensors of shape (B,) (per-sample times); a step into sigma_s = 0
+All coefficients are float64 tensors of shape (B,) (per-sample times), or 0-d where the batch
+shares its time (:func:`sdesolve.tensors.shared_time`); a step into sigma_s = 0
 (lambda_s = inf) is x_s = alpha_s D in the data form.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ __all__ = ["LogSNRPoint", "point", "data_step", "noise_step", "ancestral", "data
 @dataclass(frozen=True)
 class LogSNRPoint:
     """alpha, sigma, lambda = log(alpha / sigma) at per-sample times t: float64 tensors (B,), or
-    (1,) where all samples share the time (:func:`sdesolve.tensors.shared_time`; ``t`` is then
-    still the (B,) times the point was made from, or the (1,) time computed from shared values)."""
+    0-d where all samples share the time (:func:`sdesolve.tensors.shared_time`; ``t`` is then
+    still the (B,) times the point was made from)."""
 
     t: torch.Tensor
     alpha: torch.Tensor

@@ -58,7 +58,8 @@ def normal_for(eq, noise, y: torch.Tensor, draw: int = 0) -> torch.Tensor:
 
 
 def _transition(process, t_from, t_to):
-    """(a, s2) of x_t = a x_s + sqrt(s2) z for t = max(t_from, t_to), s = min(...): float64 (B,)."""
+    """(a, s2) of x_t = a x_s + sqrt(s2) z for t = max(t_from, t_to), s = min(...): float64, (B,) or 0-d
+    for a time the batch shares."""
     t_from, t_to = shared_time(t_from), shared_time(t_to)
     t = torch.maximum(t_from, t_to)
     s = torch.minimum(t_from, t_to)
