@@ -24,7 +24,7 @@ Rows (every hand loop calls the same score function and uses the solver's time g
   The Philox rows run on the path ``SDESOLVE_NOISE`` selects (``--noise``, default
   ``compiled``, warmed up before timing) and once more on the eager path.
 
-Also: Philox normals against ``torch.randn`` per element (eager and compiled paths), and the
+Also: Philox normals against ``torch.randn`` per element (eager and compiled (C) paths), and the
 adaptive loop's overhead per vector-field call (Dopri5 on the 2-D mixture's PF-ODE, B = 512,
 float64, as in ``bench_solvers.py``) next to torchdiffeq's on the same problem.
 ``--profile`` adds a breakdown of the fixed-step loop's per-step costs (see ``profile_loop``).
@@ -260,7 +260,7 @@ def philox_rows(reps, sizes):
         s, st = streams(0, B), torch.full((B,), 7, dtype=torch.int64)
         rows = {"torch.randn": lambda: torch.randn(B, n), "philox eager": lambda: philox.normal_eager(s, st, 3, n)}
         if compiled:
-            rows["philox compiled"] = lambda: philox._normal_compiled(s, st, 3, n)
+            rows["philox compiled"] = lambda: philox._runner()(s, st, 3, n)
         names = list(rows)
         for f in rows.values():
             f()

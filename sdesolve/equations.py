@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import per_sample, shared_time
+from .tensors import PointTable, per_sample, shared_time
 
 __all__ = ["Equation", "ODE", "SDE", "DiffusionEquation", "ReverseSDE", "ProbabilityFlowODE", "VelocityODE", "VelocitySDE",
            "NOISE_TYPES"]
@@ -119,6 +119,16 @@ class DiffusionEquation(Equation):
 
         self.process = process
         self.score = score if isinstance(score, Score) else Score(score)
+        # f, g^2, g and g^2 / 2 at the points of a fixed grid, computed for the whole grid at once
+        self._on_grid = PointTable(_coefficients_of(process))
+
+    def _f_g2(self, t):
+        """(f(t), g(t)^2): one-element for a time the batch shares, else (B,)."""
+        row = self._on_grid.lookup(t)
+        if row is not None:
+            return row[0], row[1]
+        t = shared_time(t)
+        return self.process.f(t), self.process.g2(t)
 
     def _predict(self, t, x, kind: str) -> torch.Tensor:
         if isinstance(t, torch.Tensor) and t.dim() <= 1 and t.numel() == 1:
@@ -143,7 +153,7 @@ class DiffusionEquation(Equation):
         return self._predict(t, x, "eps_of")
 
     def g2(self, t, x):
-        return per_sample(self.process.g2(shared_time(t)), x)
+        return per_sample(self._f_g2(t)[1], x)
 
     def companion(self) -> "DiffusionEquation":
         """The other equation of this process and score (the probability-flow ODE of a reverse
@@ -158,6 +168,13 @@ class DiffusionEquation(Equation):
         return (type(self), id(self.process), repr(self.process)) + what, (self.process,) + refs
 
 
+def _coefficients_of(process):
+    def columns(t):
+        g2 = process.g2(t)
+        return process.f(t), g2, torch.sqrt(g2), 0.5 * g2
+    return columns
+
+
 class ReverseSDE(DiffusionEquation):
     """The reverse-time SDE of Anderson (1982) / Song et al. (2021), integrated with dt < 0:
     dx = [f(t) x - g(t)^2 s(x, t)] dt + g(t) dW_bar. The noise is additive."""
@@ -167,11 +184,12 @@ class ReverseSDE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        tc = shared_time(t)
-        return per_sample(self.process.f(tc), x) * x - self.g2(tc, x) * s
+        f, g2 = self._f_g2(t)
+        return per_sample(f, x) * x - per_sample(g2, x) * s
 
     def diffusion(self, t, x):
-        return per_sample(torch.sqrt(self.process.g2(shared_time(t))), x)
+        row = self._on_grid.lookup(t)
+        return per_sample(row[2] if row is not None else torch.sqrt(self.process.g2(shared_time(t))), x)
 
 
 class ProbabilityFlowODE(DiffusionEquation):
@@ -179,8 +197,11 @@ class ProbabilityFlowODE(DiffusionEquation):
 
     def drift(self, t, x):
         s = self.score_at(t, x)
-        tc = shared_time(t)
-        return per_sample(self.process.f(tc), x) * x - 0.5 * self.g2(tc, x) * s
+        row = self._on_grid.lookup(t)
+        if row is not None:
+            return row[0] * x - row[3] * s
+        f, g2 = self._f_g2(t)
+        return per_sample(f, x) * x - 0.5 * per_sample(g2, x) * s
 
 
 class VelocityODE(ProbabilityFlowODE):

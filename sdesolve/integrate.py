@@ -15,10 +15,11 @@ of ``attempt`` and ``commit``:
 
 * fixed grid (:class:`GridRun`): the times of step i are views of the device grid (one grid
   point expanded to the batch, so that the coefficients of a time are computed once for the batch,
-  :func:`sdesolve.tensors.shared_time`), its noise the sample's stream at step i; every step is
-  accepted; a non-finite state is recorded per sample on the device (from max |y| per sample, NaN
-  or Inf exactly where the sample has one) and reported once, after the loop, with the first
-  step, time and samples at fault.
+  :func:`sdesolve.tensors.shared_time`, or looked up in a table over the grid,
+  :class:`sdesolve.tensors.PointTable`), its noise the sample's stream at step i; every step is
+  accepted; a non-finite state is recorded per sample on the device (from the sum over each
+  sample, NaN or Inf where the sample has a NaN or an Inf) and reported once, after the loop, with
+  the first step, time and samples at fault.
   No phase synchronises with the host, so the loop can be captured in a CUDA graph or compiled.
 * step-size control (:class:`ControlledRun`), one step size per sample:
   - compaction: the samples still running are gathered (a finished sample costs nothing more);
@@ -79,6 +80,7 @@ _EPS64 = torch.finfo(torch.float64).eps
 #: the first-bad-step mark of a sample whose states have all been finite (above any step index)
 _CLEAN = 2**62
 _FOLD = 32  # steps whose finiteness is folded into first_bad at once
+_SUM_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 class _ZeroNoise(Noise):
@@ -152,9 +154,11 @@ class GridRun:
     def commit(self, out):
         self.y, self.state = out.y, out.state
         if self.first_bad is not None:
-            # max |y| per sample is NaN or Inf exactly where the sample has a NaN or an Inf (amax propagates
-            # NaN); the (B,) peaks of _FOLD steps are folded into first_bad together
-            self.peaks.append(self.y.reshape(self.y.shape[0], -1).abs().amax(1))
+            # the sum over a sample is NaN or +-Inf where the sample has a NaN or an Inf (and where finite
+            # values sum past the largest float: never in a solve that is going well), one read of the
+            # state; half precision sums in float32. The (B,) sums of _FOLD steps are folded together.
+            y = self.y
+            self.peaks.append(y.reshape(y.shape[0], -1).sum(1, dtype=_SUM_DTYPE.get(y.dtype)))
         if self.ys is not None:
             self.ys.append(self.y)
         self.i += 1
@@ -162,9 +166,9 @@ class GridRun:
             self._fold()
 
     def _fold(self):
-        """first_bad from the peaks of the last steps ``i - len(peaks) .. i - 1``: per sample, the
-        first of them whose peak is not below Inf (NaN is not), kept when earlier than the one held."""
-        bad = ~(torch.stack(self.peaks) < math.inf)  # (K, B)
+        """first_bad from the sums of the last steps ``i - len(peaks) .. i - 1``: per sample, the
+        first of them whose sum is not finite, kept when earlier than the one held."""
+        bad = ~torch.isfinite(torch.stack(self.peaks))  # (K, B)
         first = (self.i - len(self.peaks)) + bad.to(torch.int8).argmax(0)  # argmax: the first maximum
         self.first_bad = torch.minimum(self.first_bad, torch.where(bad.any(0), first, _CLEAN))
         self.peaks = []

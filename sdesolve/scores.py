@@ -44,7 +44,7 @@ import torch
 
 from . import labels
 from .model_check import ModelCheck, _first_rows, _probe_batch, check_model
-from .tensors import per_sample, shared_time
+from .tensors import PointTable, per_sample, shared_time
 
 __all__ = ["Score", "ExternalScore", "labels"]
 
@@ -60,6 +60,7 @@ class Score:
     """
 
     kinds = ("score", "eps", "x0", "v", "denoiser", "velocity")
+    _marginals = None  # (process, PointTable of its alpha and sigma): the conversions on a fixed grid
 
     def __init__(self, fn, process=None, kind: str = "score", time_label=labels.continuous,
                  label_dtype=None, **model_kwargs):
@@ -170,7 +171,11 @@ class Score:
 
     # conversions -------------------------------------------------------------------------------
     def _coeffs(self, t, x, process):
-        a, s = process.marginal(shared_time(t))
+        memo = self._marginals
+        if memo is None or memo[0] is not process:
+            memo = self._marginals = (process, PointTable(process.marginal))
+        row = memo[1].lookup(t)
+        a, s = row if row is not None else process.marginal(shared_time(t))
         return per_sample(a, x), per_sample(s, x)
 
     def _x0_eps(self, x, t, p):

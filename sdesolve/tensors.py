@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["per_sample", "rms", "shared_time"]
+__all__ = ["per_sample", "rms", "shared_time", "grid_point", "PointTable", "StepTable"]
 
 
 def shared_time(t):
@@ -17,6 +17,71 @@ def shared_time(t):
     if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] > 1 and t.stride(0) == 0:
         return t[0]
     return t
+
+
+def grid_point(t):
+    """``(grid, i)`` when ``t`` (B,) is point i of a 1-D float64 tensor ``grid`` expanded to the
+    batch (a stride-0 view of it: how the fixed-grid loop hands out its times), else None."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] == 0 or t.stride(0) != 0:
+        return None
+    grid = t._base
+    if grid is None or grid.dim() != 1 or grid.stride(0) != 1 or grid.dtype != torch.float64:
+        return None
+    return grid, t.storage_offset() - grid.storage_offset()
+
+
+class _GridTable:
+    """One grid's table of a function of time, rows split into one-element views (numbers in
+    arithmetic with a state, as :func:`shared_time`'s values are). One grid at a time, the last one
+    seen; a grid modified in place since is tabulated again. Only host grids that carry no
+    gradient are tabulated: a table is what saves the CPU loop its per-step operations on
+    one-element tensors, and a device grid's loop is captured whole in a CUDA graph, whose
+    kernels would read a table's memory after the table has moved on to another grid. The function is elementwise in time, so a row equals the
+    per-call value of the same times up to the last bit of vectorised transcendental functions."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.held = None  # (grid, its version counter, the rows)
+
+    def _rows(self, grid):
+        if grid.requires_grad or grid.device.type != "cpu":
+            return None
+        held = self.held
+        if held is None or held[0] is not grid or held[1] != grid._version:
+            held = self.held = (grid, grid._version, list(zip(*(c.unbind(0) for c in self._columns(grid)))))
+        return held[2]
+
+
+class PointTable(_GridTable):
+    """``fn(t)`` at every point of a grid, computed for the whole grid at once: ``lookup(t)`` for
+    t = grid[i] expanded to the batch (:func:`grid_point`) is ``tuple(c[i] for c in fn(grid))``;
+    any other time gives None (the caller computes per call)."""
+
+    def _columns(self, grid):
+        return self.fn(grid)
+
+    def lookup(self, t):
+        hit = grid_point(t)
+        if hit is None:
+            return None
+        rows = self._rows(hit[0])
+        return None if rows is None else rows[hit[1]]
+
+
+class StepTable(_GridTable):
+    """``fn(t0, t1)`` for every step of a grid (point i to point i + 1), computed for the whole
+    grid at once: ``lookup(t0, t1)`` for t0 = grid[i], t1 = grid[i + 1] expanded to the batch is
+    ``tuple(c[i] for c in fn(grid[:-1], grid[1:]))``; any other pair gives None."""
+
+    def _columns(self, grid):
+        return self.fn(grid[:-1], grid[1:])
+
+    def lookup(self, t0, t1):
+        a, b = grid_point(t0), grid_point(t1)
+        if a is None or b is None or a[0] is not b[0] or b[1] != a[1] + 1:
+            return None
+        rows = self._rows(a[0])
+        return None if rows is None else rows[a[1]]
 
 
 def per_sample(c, x: torch.Tensor):

@@ -23,12 +23,14 @@ the same update as alpha_s D + c_eps eps_hat + std z with eps_hat = (x_t - alpha
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..equations import DiffusionEquation
 from ..kernels import affine_noise_step, em_step
 from ..noise import kernel_noise
-from ..tensors import shared_time
+from ..tensors import StepTable, shared_time
 from .base import CONTROLLED, Solver, Step
 from .exponential import ancestral, point
 
@@ -88,7 +90,9 @@ class EulerMaruyama(Solver):
 
 
 class ReverseDiffusion(Solver):
-    """score_sde's reverse-diffusion predictor, for any process (see module docstring)."""
+    """score_sde's reverse-diffusion predictor, for any process (see module docstring). On a fixed
+    grid the coefficients of every step are computed at once, at the first step
+    (:class:`sdesolve.tensors.StepTable`, held in the state)."""
 
     order = 0.5
     weak_order = 1.0
@@ -96,9 +100,17 @@ class ReverseDiffusion(Solver):
     equation = DiffusionEquation
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        a, s2 = _transition(eq.process, t0, t1)
+        table = state if isinstance(state, StepTable) else StepTable(functools.partial(_update, eq.process))
+        row = table.lookup(t0, t1)
+        cx, cs, std = row if row is not None else _update(eq.process, t0, t1)
         s = eq.score_at(t0, y0)
-        return Step(affine_noise_step(y0, 2.0 - a, s, s2, s2.sqrt(), **kernel_noise(noise, y0, 0)))
+        return Step(affine_noise_step(y0, cx, s, cs, std, **kernel_noise(noise, y0, 0)), state=table)
+
+
+def _update(process, t_from, t_to):
+    """(2 - a, s2, sqrt(s2)): x_s = (2 - a) x_t + s2 score + sqrt(s2) z, of :func:`_transition`."""
+    a, s2 = _transition(process, t_from, t_to)
+    return 2.0 - a, s2, s2.sqrt()
 
 
 class Ancestral(Solver):

@@ -1,0 +1,69 @@
+"""Tables of time coefficients over a fixed grid (sdesolve.tensors.PointTable / StepTable): the
+loop's times are looked up, anything else is computed per call, and the values are the same."""
+import pytest
+import torch
+
+import sdesolve as sds
+from sdesolve import tensors
+from sdesolve.tensors import PointTable, StepTable, grid_point
+
+
+def test_grid_point_names_the_point_a_time_is():
+    grid = torch.linspace(1.0, 0.0, 11, dtype=torch.float64)
+    assert grid_point(grid[3].expand(5))[1] == 3 and grid_point(grid[3].expand(5))[0] is grid
+    sub = grid[2:]  # a view: its points are named in the root grid
+    g, i = grid_point(sub[1].expand(4))
+    assert g is grid and i == 3
+    assert grid_point(torch.full((5,), 0.3, dtype=torch.float64)) is None  # not a view
+    assert grid_point(grid[:5]) is None  # per-sample times
+    assert grid_point(grid.float()[3].expand(5)) is None  # not float64
+
+
+def test_point_table_matches_per_call_values_and_follows_its_grid():
+    calls = []
+
+    def fn(t):
+        calls.append(t.numel())
+        return torch.exp(-t), t * t
+
+    table = PointTable(fn)
+    grid = torch.linspace(1.0, 0.0, 11, dtype=torch.float64)
+    for i in (0, 4, 10):
+        a, b = table.lookup(grid[i].expand(3))
+        assert a.dim() == 0 and float(a) == pytest.approx(float(torch.exp(-grid[i])), rel=1e-15)
+        assert float(b) == float(grid[i] * grid[i])
+    assert calls == [11]  # one evaluation over the whole grid
+    grid.mul_(0.5)  # modified in place: tabulated again
+    assert float(table.lookup(grid[4].expand(3))[1]) == float(grid[4] * grid[4]) and calls == [11, 11]
+    other = torch.linspace(2.0, 0.0, 5, dtype=torch.float64)
+    assert float(table.lookup(other[1].expand(2))[1]) == 2.25 and calls[-1] == 5
+    assert table.lookup(torch.full((3,), 0.5, dtype=torch.float64)) is None
+    assert table.lookup(other.clone().requires_grad_()[1].expand(2)) is None  # times with a gradient
+
+
+def test_step_table_needs_consecutive_points():
+    table = StepTable(lambda a, b: (b - a,))
+    grid = torch.tensor([1.0, 0.7, 0.2, 0.0], dtype=torch.float64)
+    assert float(table.lookup(grid[1].expand(2), grid[2].expand(2))[0]) == float(grid[2] - grid[1])
+    assert table.lookup(grid[1].expand(2), grid[3].expand(2)) is None
+    assert table.lookup(grid[1].expand(2), grid.clone()[2].expand(2)) is None
+
+
+@pytest.mark.parametrize("solver", [sds.Euler(), sds.EulerMaruyama(), sds.ReverseDiffusion(),
+                                    sds.DPMSolverPP(order=2)], ids=lambda s: type(s).__name__)
+def test_sampling_with_tables_equals_sampling_without(solver, monkeypatch):
+    gm = sds.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, -1.0]], [0.3, 0.5])
+    p = sds.VPSDE()
+    score = sds.Score.from_eps(lambda x, t: -gm.score_at(x, t, p) * p.sigma(t)[:, None], p, check=False)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    run = lambda: sds.sample(p, score, solver, x_T=x_T, steps=12, seed=3).y
+    with_tables = run()
+    looked_up = []
+    original = tensors._GridTable._rows
+    monkeypatch.setattr(tensors._GridTable, "_rows", lambda self, grid: looked_up.append(1))
+    without = run()
+    assert looked_up  # the tables were asked, and declined, at every step
+    monkeypatch.setattr(tensors._GridTable, "_rows", original)
+    # f and g^2 of the VP SDE are polynomials (the same bits); alpha and sigma differ at most in
+    # the last bit of the vectorised exp/expm1
+    torch.testing.assert_close(with_tables, without, rtol=1e-5, atol=1e-6)
