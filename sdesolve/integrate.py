@@ -80,7 +80,6 @@ _EPS64 = torch.finfo(torch.float64).eps
 #: the first-bad-step mark of a sample whose states have all been finite (above any step index)
 _CLEAN = 2**62
 _FOLD = 32  # steps whose finiteness is folded into first_bad at once
-_SUM_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 class _ZeroNoise(Noise):
@@ -133,10 +132,11 @@ class GridRun:
         self.total = self.n
         self.y = y0
         self.state = solver.init(eq, self.times[0], y0) if state is None else state
-        # per sample, the first step that left a non-finite state (_CLEAN while there is none)
-        self.first_bad = torch.full((B,), _CLEAN, dtype=torch.int64, device=y0.device) if (
-            check_finite and math.prod(y0.shape[1:]) > 0) else None
-        self.peaks = []
+        self.check = check_finite and math.prod(y0.shape[1:]) > 0
+        self.sums = []    # per-sample sums of the states of the steps since the last fold
+        self.marks = []   # per fold, (B,): which of its steps had a non-finite sum, as bits in base 4
+        self.ones = None
+        self.weights = None
         self.ys = [y0] if save else None
         self.zero = None if final_noise else _ZeroNoise(noise.stream, noise.step)
 
@@ -153,30 +153,58 @@ class GridRun:
 
     def commit(self, out):
         self.y, self.state = out.y, out.state
-        if self.first_bad is not None:
+        if self.check:
             # the sum over a sample is NaN or +-Inf where the sample has a NaN or an Inf (and where finite
             # values sum past the largest float: never in a solve that is going well), one read of the
-            # state; half precision sums in float32. The (B,) sums of _FOLD steps are folded together.
-            y = self.y
-            self.peaks.append(y.reshape(y.shape[0], -1).sum(1, dtype=_SUM_DTYPE.get(y.dtype)))
+            # state. The (B,) sums of _FOLD steps are folded together.
+            self.sums.append(self._row_sums(self.y))
         if self.ys is not None:
             self.ys.append(self.y)
         self.i += 1
-        if len(self.peaks) == _FOLD:
+        if len(self.sums) == _FOLD:
             self._fold()
+
+    def _row_sums(self, y):
+        """Per-sample sums of y: a matrix-vector product with ones (one pass, fast for any sample
+        size, where a reduction over a short last dimension is not); half precision sums in float32."""
+        y = y.reshape(y.shape[0], -1)
+        if y.dtype in (torch.float16, torch.bfloat16):
+            return y.sum(1, dtype=torch.float32)
+        ones = self.ones
+        if ones is None or ones.dtype != y.dtype or ones.device != y.device or ones.shape[0] != y.shape[1]:
+            ones = self.ones = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+        return torch.mv(y, ones)
 
     def _fold(self):
-        """first_bad from the sums of the last steps ``i - len(peaks) .. i - 1``: per sample, the
-        first of them whose sum is not finite, kept when earlier than the one held."""
-        bad = ~torch.isfinite(torch.stack(self.peaks))  # (K, B)
-        first = (self.i - len(self.peaks)) + bad.to(torch.int8).argmax(0)  # argmax: the first maximum
-        self.first_bad = torch.minimum(self.first_bad, torch.where(bad.any(0), first, _CLEAN))
-        self.peaks = []
+        """One mark per sample for the steps of ``sums``: sum_k [step k's sum is not finite] 4^(K-1-k),
+        a matrix-vector product (the reductions over steps of a (K, B) matrix are slow on the CPU);
+        the first bad step k of a fold is read back from its mark's highest power of 4."""
+        S = torch.stack(self.sums)  # (k, B), k <= K
+        if self.weights is None or self.weights.dtype != S.dtype:
+            self.weights = 4.0 ** torch.arange(_FOLD - 1, -1, -1, dtype=S.dtype, device=S.device)
+        nonfinite = torch.nan_to_num(S * 0.0, nan=1.0)  # 0 where finite, 1 where not (inf * 0 is NaN)
+        self.marks.append(torch.mv(nonfinite.T, self.weights[:S.shape[0]]))
+        self.sums = []
+
+    def first_bad(self):
+        """Per sample, the first step that left a non-finite state, _CLEAN where there is none
+        (None when not checked); on the device, no host synchronisation."""
+        if not self.check:
+            return None
+        if self.sums:
+            self._fold()
+        if not self.marks:
+            return torch.full((self.y.shape[0],), _CLEAN, dtype=torch.int64, device=self.y.device)
+        marks = torch.stack(self.marks)  # (folds, B)
+        bad = marks > 0
+        fold = bad.to(torch.int8).argmax(0)  # the first bad fold (argmax: the first maximum)
+        mark = marks.gather(0, fold[None]).squeeze(0).clamp_min(1.0)
+        # a mark of first step k lies in [4^(K-1-k), 4^(K-1-k) * 4/3), rounding included
+        step = fold * _FOLD + (_FOLD - 1) - torch.floor(torch.log2(mark) * 0.5).to(torch.int64)
+        return torch.where(bad.any(0), step, _CLEAN)
 
     def outputs(self):
-        if self.peaks:
-            self._fold()
-        return self.y, (torch.stack(self.ys) if self.ys is not None else None), self.first_bad
+        return self.y, (torch.stack(self.ys) if self.ys is not None else None), self.first_bad()
 
     def finish(self) -> Solution:
         y, ys, first_bad = self.outputs()

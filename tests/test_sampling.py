@@ -132,6 +132,28 @@ def test_nonfinite_first_step_across_the_checks_batches(first):
     assert e.value.step == min(i0, i1) and e.value.samples == [0 if i0 < i1 else 1]
 
 
+def test_nonfinite_first_step_at_every_position_of_a_check():
+    """Every first bad step 0..69 is decoded exactly, for NaN, +Inf and -Inf, with later bad steps
+    in the same and later batches of the check (which must not hide the first)."""
+    steps = 70
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    values = [float("nan"), math.inf, -math.inf]
+    starts = torch.arange(steps)  # sample b turns bad at step b and stays bad
+
+    def drift(t, x):
+        bad = t[:, None] <= grid[starts][:, None] + 1e-12  # the drift of step b, so the state after it
+        out = torch.where(bad, torch.full_like(x, values[0]), -x)
+        return out
+
+    for v in values:
+        values[0] = v
+        run = sds.integrate.GridRun(sds.ODE(drift), sds.Euler(), torch.ones(steps, 2),
+                                    sds.timeplan.plan_times(None, 1.0, 0.0, steps=steps),
+                                    sds.noise.Noise.from_seed(0, steps))
+        sds.integrate._loop(run.eq, sds.Euler(), run)
+        assert torch.equal(run.first_bad(), starts), v
+
+
 def test_inf_drift_in_user_sde():
     eq = sds.SDE(lambda t, x: torch.where(t[:, None] > 0.3, torch.full_like(x, math.inf), -x), lambda t, x: 0.1 * torch.ones_like(x))
     with pytest.raises(sds.NonFiniteError, match=r"step 3 .*samples \[0, 1\]"):
