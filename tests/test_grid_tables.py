@@ -50,7 +50,8 @@ def test_step_table_needs_consecutive_points():
 
 
 @pytest.mark.parametrize("solver", [sds.Euler(), sds.EulerMaruyama(), sds.ReverseDiffusion(),
-                                    sds.DPMSolverPP(order=2)], ids=lambda s: type(s).__name__)
+                                    sds.DPMSolverPP(order=2), sds.DPMSolverPP(order=3)],
+                         ids=lambda s: repr(s))
 def test_sampling_with_tables_equals_sampling_without(solver, monkeypatch):
     gm = sds.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, -1.0]], [0.3, 0.5])
     p = sds.VPSDE()

@@ -131,7 +131,9 @@ def _history_coefficients(c, lam_1, lam_2):
 class _GridTable:
     """:func:`_step_coefficients` of every step of one grid, computed together on the host grid
     and split into one-element views (numbers in arithmetic with a state on any device, read
-    without a host transfer: a fixed-step loop stays free of host synchronisation)."""
+    without a host transfer: a fixed-step loop stays free of host synchronisation); with them the
+    history terms of :func:`_history_coefficients` for a history of the grid's own earlier points
+    (``history(i, lams)``: None for any other history, such as one handed over by Restart)."""
 
     def __init__(self, process, grid: torch.Tensor, sde: bool):
         self.grid = grid
@@ -139,8 +141,26 @@ class _GridTable:
         a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
         b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
         n = grid.numel() - 1
-        cols = [c.unbind(0) if c is not None else [None] * n for c in _step_coefficients(a, b, sde)]
+        coefficients = _step_coefficients(a, b, sde)
+        cols = [c.unbind(0) if c is not None else [None] * n for c in coefficients]
         self.steps = list(zip(*cols))
+        lam = pts.lam
+        if n > 1:  # step i >= 1 after the point i - 1: c_2 of (2M)
+            tail = tuple(c[1:] if c is not None else None for c in coefficients)
+            self.second = [None] + list(_history_coefficients(tail, lam[:-2], None).unbind(0))
+        if n > 2:  # step i >= 2 after the points i - 1 and i - 2: (a_0, a_1) of (3M)
+            tail = tuple(c[2:] if c is not None else None for c in coefficients)
+            a0, a1 = _history_coefficients(tail, lam[1:-2], lam[:-3])
+            self.third = [None, None] + list(zip(a0.unbind(0), a1.unbind(0)))
+
+    def history(self, i: int, lams: tuple):
+        """The history terms of step i when ``lams`` are the lambdas of the grid's points before it."""
+        if i >= 1 and lams[-1] is self.steps[i - 1][7]:
+            if len(lams) == 1:
+                return self.second[i]
+            if i >= 2 and lams[-2] is self.steps[i - 2][7]:
+                return self.third[i]
+        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,10 +223,14 @@ class DPMSolverPP(DiffusionSolver):
         k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
         cx, c0, std = c[0], c[1], c[2]
         y = per_sample(cx, x) * x + per_sample(c0, x) * d0
+        if k > 1:
+            hist = end.history(at.index, lams[-(k - 1):]) if isinstance(new_end, _GridTable) else None
+            if hist is None:
+                hist = _history_coefficients(c, lams[-1], lams[-2] if k == 3 else None)
         if k == 2:
-            y = y + per_sample(_history_coefficients(c, lams[-1], None), x) * (d0 - outs[-1])
+            y = y + per_sample(hist, x) * (d0 - outs[-1])
         elif k == 3:
-            a0, a1 = _history_coefficients(c, lams[-1], lams[-2])
+            a0, a1 = hist
             y = y + per_sample(a0, x) * (d0 - outs[-1]) + per_sample(a1, x) * (outs[-1] - outs[-2])
         if self.sde:
             y = y + per_sample(std, x) * noise.normal(x, 0)
