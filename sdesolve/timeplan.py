@@ -31,12 +31,16 @@ class Position:
     """Where a step is. index: 0-based step index; steps: the number of steps of the fixed grid
     (None under step-size control); grid: that grid (float64, on the host), or None, whose points
     ``index`` and ``index + 1`` are the step's t0 and t1 (a step may read its times there); ends_low:
-    the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min)."""
+    the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min); h: t1 - t0 as a
+    one-element view of the grid's differences (None with no grid), a number in arithmetic with a
+    state that costs the step no operation. The grid and h carry no gradient: a step whose times
+    do computes from its times."""
 
     index: int = 0
     steps: int | None = None
     grid: torch.Tensor | None = None
     ends_low: bool = False
+    h: torch.Tensor | None = None
 
     @property
     def last(self) -> bool:
@@ -142,7 +146,8 @@ def plan_times(process, t0=None, t1=None, *, steps: int | None = None, schedule=
     n = grid.numel() - 1
     host = grid.detach()
     low = process is not None and ends_low(process, float(host[-1]))
-    positions = tuple(Position(i, n, host, low and i == n - 1) for i in range(n))
+    hs = (host[1:] - host[:-1]).unbind(0)
+    positions = tuple(Position(i, n, host, low and i == n - 1, hs[i]) for i in range(n))
     return TimePlan(float(host[0]), float(host[-1]), grid, positions)
 
 

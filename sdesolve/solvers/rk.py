@@ -64,7 +64,7 @@ class RungeKutta(Solver):
         return y0 + hx * acc
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        h = shared_time(t1) - shared_time(t0)
+        h = at.h if (at.h is not None and not t0.requires_grad) else shared_time(t1) - shared_time(t0)
         ks = self.stages(eq, t0, t1, y0, k0=state, h=h)
         return Step(self.combine(y0, ks, h, self.tableau.b), state=self.next_state(ks))
 

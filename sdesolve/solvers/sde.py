@@ -83,7 +83,9 @@ class EulerMaruyama(Solver):
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         f = eq.drift(t0, y0)
         g = diffusion_argument(eq.diffusion(t0, y0), y0)
-        dt = shared_time(t1) - shared_time(t0)
+        # the plan's step on a CPU state (a CUDA kernel reads its coefficients from the device)
+        use_h = at.h is not None and not y0.is_cuda and not t0.requires_grad
+        dt = at.h if use_h else shared_time(t1) - shared_time(t0)
         if eq.noise_type == "scalar":
             return Step(em_step(y0, f, g, dt, z=normal_for(eq, noise, y0)))
         return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)))
