@@ -129,9 +129,9 @@ class Noise:
         if like.shape[0] != len(self):
             raise ValueError(f"noise for {len(self)} samples asked for a batch of {like.shape[0]}")
         n = math.prod(like.shape[1:])
-        stream, step = self.stream, self.step
+        stream, step = self.stream, self._step  # an int step stays one (no per-sample tensor)
         if stream.device != like.device:
-            stream, step = stream.to(like.device), step.to(like.device)
+            stream, step = stream.to(like.device), self.step.to(like.device)
         z = normal_from_counters(stream, step, draw, n).reshape(like.shape)
         return z if z.dtype == like.dtype else z.to(like.dtype)
 

@@ -231,17 +231,23 @@ def _build_library(path: str) -> None:
 
 
 def _load(path: str):
-    """The library's function as ``fn(stream, step, draw, n) -> (B, n) float32``."""
+    """The library's function as ``fn(stream, step, draw, n) -> (B, n) float32``; ``step`` a (B,)
+    tensor or one int for the batch."""
     lib = ctypes.CDLL(path)
     fn = lib.sdesolve_philox_normals
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_void_p]
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_void_p]
     fn.restype = None
 
     def normals(stream, step, draw, n):
-        stream, step = stream.contiguous(), step.contiguous()
+        stream = stream.contiguous()
         out = torch.empty(stream.shape[0], n, dtype=torch.float32)
-        fn(stream.data_ptr(), step.data_ptr(), draw & _M32, stream.shape[0], n, out.data_ptr())
+        if isinstance(step, int):
+            one = ctypes.c_int64(step)
+            fn(stream.data_ptr(), ctypes.addressof(one), 0, draw & _M32, stream.shape[0], n, out.data_ptr())
+        else:
+            step = step.contiguous()
+            fn(stream.data_ptr(), step.data_ptr(), 1, draw & _M32, stream.shape[0], n, out.data_ptr())
         return out
 
     normals.library = lib  # keeps the library loaded while the function is
@@ -302,28 +308,36 @@ def compile_normals() -> bool:
     return _runner() is not None
 
 
-def normal_from_counters(stream: torch.Tensor, step: torch.Tensor, draw: int, n: int) -> torch.Tensor:
-    """Normals z[b, i], i < n, for int64 ``stream`` (B,) and ``step`` (B,). Float32, shape (B, n).
+def normal_from_counters(stream: torch.Tensor, step, draw: int, n: int) -> torch.Tensor:
+    """Normals z[b, i], i < n, for int64 ``stream`` (B,) and ``step`` (B,) (or one int for the
+    batch). Float32, shape (B, n).
 
     Takes the eager or the compiled path as ``SDESOLVE_NOISE`` says (module docstring).
     """
     st = _STATE
     mode = noise_mode()
+    if st.runner is not None and mode != "eager" and stream.is_cpu:  # loaded: the common case first
+        st.last = "compiled"
+        return st.runner(stream, step, draw, n)
     if mode == "eager" or stream.device.type != "cpu" or st.failed is not None or stream.shape[0] == 0:
         st.last = "eager"
-        return normal_eager(stream, step, draw, n)
+        return normal_eager(stream, _counters(step, stream), draw, n)
     if mode == "auto" and st.runner is None:
         if st.budget_s is None:
             st.budget_s = _expected_build_s() if compiled_available() else float("inf")
         if st.eager_s < st.budget_s:
             t = time.perf_counter()
-            z = normal_eager(stream, step, draw, n)
+            z = normal_eager(stream, _counters(step, stream), draw, n)
             st.eager_s += time.perf_counter() - t
             st.last = "eager"
             return z
     fn = _runner()
     if fn is None:
         st.last = "eager"
-        return normal_eager(stream, step, draw, n)
+        return normal_eager(stream, _counters(step, stream), draw, n)
     st.last = "compiled"
     return fn(stream, step, draw, n)
+
+
+def _counters(step, stream: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(stream, step) if isinstance(step, int) else step

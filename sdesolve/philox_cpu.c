@@ -2,7 +2,7 @@
  *
  * For sample b and quad q (one Philox call per four normals):
  *   key     = (stream[b] mod 2^32, stream[b] >> 32)
- *   counter = (q, step[b] mod 2^32, draw mod 2^32, 0)
+ *   counter = (q, step[b * step_stride] mod 2^32, draw mod 2^32, 0)   (step_stride 0: one counter)
  *   (r0, r1, r2, r3) = Philox4x32-10(counter, key)            (Salmon et al., SC 2011)
  *   u(r)    = float32(min(r, r ^ 0xFFFFFFFF)) * 4.6566127342e-10f (Triton's uint -> [0, 1) map)
  *   rho_a   = sqrt(-2 log max(u(r0), 1e-7)),  theta_a = float32(2 pi) * u(r1)     (float32)
@@ -47,8 +47,8 @@ static inline float uniform(uint32_t r)
     return (float)(int32_t)m * UNIFORM_SCALE;
 }
 
-void sdesolve_philox_normals(const int64_t *stream, const int64_t *step, uint32_t draw, int64_t B,
-                             int64_t n, float *out)
+void sdesolve_philox_normals(const int64_t *stream, const int64_t *step, int64_t step_stride, uint32_t draw,
+                             int64_t B, int64_t n, float *out)
 {
     const int64_t quads = (n + 3) / 4, total = B * quads;
     const int pairs = n > 2 ? 2 : 1; /* with n <= 2 the second pair is never stored */
@@ -63,7 +63,7 @@ void sdesolve_philox_normals(const int64_t *stream, const int64_t *step, uint32_
         for (int l = 0; l < BLOCK; l++) { /* counters and keys of the block's calls */
             if (l < len) {
                 c0s[l] = (uint32_t)q;
-                c1s[l] = (uint32_t)step[b];
+                c1s[l] = (uint32_t)step[b * step_stride];
                 k0s[l] = (uint32_t)stream[b];
                 k1s[l] = (uint32_t)((uint64_t)stream[b] >> 32);
                 if (++q == quads) { q = 0; b++; }

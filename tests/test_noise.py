@@ -176,6 +176,12 @@ def test_compiled_path_matches_eager_and_is_batch_invariant(fresh, monkeypatch):
                                        atol=4 * _EPS32)
     stream, step = _counters(2000)
     z = normal_from_counters(stream, step, 4, 64)
+    # one step counter for the batch, given as an int, is the same as the tensor of it
+    for mode in ("compiled", "eager"):
+        monkeypatch.setenv(philox.ENV_VAR, mode)
+        assert torch.equal(normal_from_counters(stream, 2**32 + 7, 4, 64),
+                           normal_from_counters(stream, torch.full_like(stream, 7), 4, 64))
+    monkeypatch.setenv(philox.ENV_VAR, "compiled")
     # a non-contiguous counter tensor is read as its values
     wide = torch.stack([stream, stream], 1)
     assert torch.equal(normal_from_counters(wide[:, 0], step, 4, 64), z)
