@@ -402,7 +402,8 @@ def write(out_dir, record):
     L.append(f"- command: `{record['command']}`")
     L.append(f"- cpu: {record['cpu']} ({record['cores']} cores, torch threads 1)")
     L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
-    L.append(f"- noise path of the Philox rows: {record['noise_mode']} (as recorded per row); "
+    L.append(f"- noise path of the Philox rows: {record['noise_mode']} (compiled: the C kernel, sdesolve/philox_cpu.c; "
+             "as recorded per row); "
              f"compiled path available: {record['compiled_available']}")
     L.append(f"- load average (1 min) before / after: {record['load_before']} / {record['load_after']} "
              "(a shared machine: absolute times are noisy; ratios are paired within a repetition)")
