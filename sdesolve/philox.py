@@ -29,12 +29,11 @@ them two ways:
 Which path runs is chosen by the environment variable ``SDESOLVE_NOISE``, read at every call:
 
 ``auto`` (default, also when unset or empty)
-    CPU tensors take the compiled path at once when its library is built; otherwise eager,
-    until this process has spent as long in eager normals as building is expected to take (the
-    last build time recorded in :func:`cache_dir`, else :data:`COLD_COMPILE_S`), and then it
-    builds it -- the ski-rental rule: a process never pays more than about twice what the
-    better choice in hindsight would have cost, and processes that draw few normals never build.
-    Non-CPU tensors always run eager (CUDA has the Triton kernels).
+    CPU tensors take the compiled path when it can be had: the library is built at the first CPU
+    call if it is not on disk (once per machine, about a fifth of a second) and loaded; without a C
+    compiler eager (silently), after a failed build eager with one warning. A process takes one path for all its calls (the two
+    differ in the last bits of log/cos/sin, so switching paths mid-run would change a sample by
+    rounding). Non-CPU tensors always run eager (CUDA has the Triton kernels).
 ``compiled``
     the compiled path for every CPU call (building the library on the first if needed);
 ``eager``
@@ -48,25 +47,20 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import json
 import os
 import platform
 import shutil
 import subprocess
 import threading
-import time
 import warnings
 
 import torch
 
-__all__ = ["ENV_VAR", "COLD_COMPILE_S", "philox4x32", "uniform", "normal_eager", "normal_from_counters",
+__all__ = ["ENV_VAR", "philox4x32", "uniform", "normal_eager", "normal_from_counters",
            "noise_mode", "normal_path", "compiled_available", "compile_normals", "cache_dir", "reset"]
 
 ENV_VAR = "SDESOLVE_NOISE"
 _MODES = ("auto", "compiled", "eager")
-
-#: build time assumed when none has been recorded on this machine
-COLD_COMPILE_S = 2.0
 
 _M32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
@@ -128,8 +122,6 @@ class _State:
         self.lock = threading.Lock()
         self.runner = None        # the loaded library's function
         self.failed = None        # the reason building failed, if it did
-        self.eager_s = 0.0        # seconds spent in eager normals on CPU tensors (auto mode)
-        self.budget_s = None      # the build cost expected on this machine (auto mode)
         self.last = None          # "eager" or "compiled": the path of the last call
 
 
@@ -137,7 +129,7 @@ _STATE = _State()
 
 
 def reset() -> None:
-    """Forget the loaded library, a failure and the eager-time account of this process."""
+    """Forget the loaded library and a failure of this process."""
     global _STATE
     _STATE = _State()
 
@@ -254,32 +246,6 @@ def _load(path: str):
     return normals
 
 
-def _record_file() -> str:
-    return os.path.join(cache_dir(), "philox_build_seconds.json")
-
-
-def _expected_build_s() -> float:
-    """0 when the library is built; else the last build time recorded here, else COLD_COMPILE_S."""
-    if os.path.exists(_library_path()):
-        return 0.0
-    try:
-        with open(_record_file()) as f:
-            return max(float(json.load(f)["seconds"]), 0.1)
-    except Exception:
-        return COLD_COMPILE_S
-
-
-def _write_record(seconds: float) -> None:
-    path = _record_file()
-    try:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"seconds": round(seconds, 3)}, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a record is an optimisation, never a requirement
-
-
 def _runner():
     """The compiled function, built first if the library is not on disk; None after a failure."""
     st = _STATE
@@ -291,9 +257,7 @@ def _runner():
         try:
             path = _library_path()
             if not os.path.exists(path):
-                t = time.perf_counter()
                 _build_library(path)
-                _write_record(time.perf_counter() - t)
             st.runner = _load(path)
         except Exception as e:  # any compiler or loading failure: eager for good
             st.failed = f"{type(e).__name__}: {e}"
@@ -322,15 +286,10 @@ def normal_from_counters(stream: torch.Tensor, step, draw: int, n: int) -> torch
     if mode == "eager" or stream.device.type != "cpu" or st.failed is not None or stream.shape[0] == 0:
         st.last = "eager"
         return normal_eager(stream, _counters(step, stream), draw, n)
-    if mode == "auto" and st.runner is None:
-        if st.budget_s is None:
-            st.budget_s = _expected_build_s() if compiled_available() else float("inf")
-        if st.eager_s < st.budget_s:
-            t = time.perf_counter()
-            z = normal_eager(stream, _counters(step, stream), draw, n)
-            st.eager_s += time.perf_counter() - t
-            st.last = "eager"
-            return z
+    if mode == "auto" and not os.path.exists(_library_path()) and _c_compiler() is None:
+        st.failed = "no C compiler"  # auto: eager for good, without a warning (nothing was asked for)
+        st.last = "eager"
+        return normal_eager(stream, _counters(step, stream), draw, n)
     fn = _runner()
     if fn is None:
         st.last = "eager"

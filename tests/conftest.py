@@ -7,7 +7,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # CPU Philox normals on the eager path unless the caller chose one: the suite's numbers then do not
-# depend on whether compiled packages happen to be in the cache, and it never builds them
+# depend on whether this machine has a C compiler (the compiled path has tests of its own, which
+# build it into a temporary directory)
 os.environ.setdefault("SDESOLVE_NOISE", "eager")
 
 

@@ -1,5 +1,6 @@
 """Counter-based noise: the Philox cipher, the normal transform, and batch invariance."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -124,23 +125,28 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_auto_mode_stays_eager_in_a_short_process(fresh, monkeypatch):
+def test_auto_mode_builds_at_the_first_call_and_keeps_one_path(fresh, monkeypatch):
     monkeypatch.setenv(philox.ENV_VAR, "auto")
-    built = []
+    built, real_build = [], philox._build_library
     monkeypatch.setattr(philox, "_build_library", lambda path: built.append(path))
     stream, step = _counters(64)
-    for _ in range(3):
-        z = normal_from_counters(stream, step, 0, 8)
-    assert philox.normal_path() == "eager" and not built
-    assert torch.equal(z, philox.normal_eager(stream, step, 0, 8))
-    # once a process has spent as long in eager normals as a build is expected to take (here 0 s),
-    # auto builds
-    monkeypatch.setattr(philox, "COLD_COMPILE_S", 0.0)
-    monkeypatch.setattr(philox, "_STATE", philox._State())
+    # the build (here a stub that writes nothing, so loading fails) happens at the first call,
+    # and the process stays on the path it took from then on
     with pytest.warns(RuntimeWarning, match="compiled Philox path is unavailable"):
-        z = normal_from_counters(stream, step, 0, 8)  # builds (a stub that writes nothing: loading fails)
+        z = normal_from_counters(stream, step, 0, 8)
     assert len(built) == 1 and philox.normal_path() == "eager"
     assert torch.equal(z, philox.normal_eager(stream, step, 0, 8))
+    for _ in range(3):
+        assert torch.equal(normal_from_counters(stream, step, 0, 8), z) and philox.normal_path() == "eager"
+    assert len(built) == 1
+    # without a C compiler: eager from the start, nothing built, no warning (auto asked for nothing)
+    monkeypatch.setattr(philox, "_STATE", philox._State())
+    monkeypatch.setattr(philox, "_c_compiler", lambda: None)
+    monkeypatch.setattr(philox, "_build_library", real_build)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(normal_from_counters(stream, step, 0, 8), z)
+    assert len(built) == 1 and philox.normal_path() == "eager" and not philox.compiled_available()
 
 
 @pytest.mark.parametrize("failure", ["no compiler", "build error"])
