@@ -200,8 +200,8 @@ class ProbabilityFlowODE(DiffusionEquation):
         row = self._on_grid.lookup(t)
         if row is not None:
             return row[0] * x - row[3] * s
-        f, g2 = self._f_g2(t)
-        return per_sample(f, x) * x - 0.5 * per_sample(g2, x) * s
+        t = shared_time(t)
+        return per_sample(self.process.f(t), x) * x - 0.5 * per_sample(self.process.g2(t), x) * s
 
 
 class VelocityODE(ProbabilityFlowODE):

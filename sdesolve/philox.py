@@ -280,17 +280,11 @@ def normal_from_counters(stream: torch.Tensor, step, draw: int, n: int) -> torch
     """
     st = _STATE
     mode = noise_mode()
-    if st.runner is not None and mode != "eager" and stream.is_cpu:  # loaded: the common case first
-        st.last = "compiled"
-        return st.runner(stream, step, draw, n)
-    if mode == "eager" or stream.device.type != "cpu" or st.failed is not None or stream.shape[0] == 0:
-        st.last = "eager"
-        return normal_eager(stream, _counters(step, stream), draw, n)
-    if mode == "auto" and not os.path.exists(_library_path()) and _c_compiler() is None:
-        st.failed = "no C compiler"  # auto: eager for good, without a warning (nothing was asked for)
-        st.last = "eager"
-        return normal_eager(stream, _counters(step, stream), draw, n)
-    fn = _runner()
+    fn = None
+    if mode != "eager" and stream.is_cpu:
+        if mode == "auto" and st.runner is None and st.failed is None and not compiled_available():
+            st.failed = "no C compiler"  # auto: eager for good, without a warning (nothing was asked for)
+        fn = _runner()
     if fn is None:
         st.last = "eager"
         return normal_eager(stream, _counters(step, stream), draw, n)

@@ -36,8 +36,9 @@ class _GridTable:
     seen; a grid modified in place since is tabulated again. Only host grids that carry no
     gradient are tabulated: a table is what saves the CPU loop its per-step operations on
     one-element tensors, and a device grid's loop is captured whole in a CUDA graph, whose
-    kernels would read a table's memory after the table has moved on to another grid. The function is elementwise in time, so a row equals the
-    per-call value of the same times up to the last bit of vectorised transcendental functions."""
+    kernels would read a table's memory after the table has moved on to another grid. The
+    function is elementwise in time, so a row equals the per-call value of the same times up to
+    the last bit of vectorised transcendental functions."""
 
     def __init__(self, fn):
         self.fn = fn
