@@ -54,6 +54,13 @@ class Equation:
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is an ODE: it has no diffusion")
 
+    def score_linear(self):
+        """``(f, c, g)``, functions of the float64 time, when this equation is
+        dx = [f(t) x + c(t) score(t, x)] dt + g(t) dW (``g`` None for an ODE): what lets a solver
+        fold the coefficients of a fixed grid's steps into one fused update each
+        (:class:`sdesolve.EulerMaruyama`); None (the default) for any other equation."""
+        return None
+
     def graph_key(self) -> tuple:
         """(key, refs): what a captured CUDA graph of a loop over this equation depends on (the
         key, compared by value), and the objects the key names by id (kept alive with the graph)."""
@@ -191,6 +198,10 @@ class ReverseSDE(DiffusionEquation):
         row = self._on_grid.lookup(t)
         return per_sample(row[2] if row is not None else torch.sqrt(self.process.g2(shared_time(t))), x)
 
+    def score_linear(self):
+        p = self.process
+        return p.f, lambda t: -p.g2(t), lambda t: torch.sqrt(p.g2(t))
+
 
 class ProbabilityFlowODE(DiffusionEquation):
     """dx/dt = f(t) x - g(t)^2 s(x, t) / 2, whose solution has the marginals p_t of the process."""
@@ -203,6 +214,10 @@ class ProbabilityFlowODE(DiffusionEquation):
         t = shared_time(t)
         return per_sample(self.process.f(t), x) * x - 0.5 * per_sample(self.process.g2(t), x) * s
 
+    def score_linear(self):
+        p = self.process
+        return p.f, lambda t: -0.5 * p.g2(t), None
+
 
 class VelocityODE(ProbabilityFlowODE):
     """The probability-flow ODE of a Gaussian path in velocity form: dx/dt = u(x, t) =
@@ -210,6 +225,9 @@ class VelocityODE(ProbabilityFlowODE):
 
     def drift(self, t, x):
         return self._predict(t, x, "velocity_of")
+
+    def score_linear(self):
+        return None  # the drift is the model's velocity
 
 
 class VelocitySDE(ReverseSDE):
@@ -220,6 +238,9 @@ class VelocitySDE(ReverseSDE):
     def __init__(self, process, score, diffusion=None):
         super().__init__(process, score)
         self.extra = diffusion
+
+    def score_linear(self):
+        return None  # the drift is the model's velocity
 
     def g2_tilde(self, t) -> torch.Tensor:
         if self.extra is None:

@@ -32,56 +32,68 @@ def grid_point(t):
 
 class _GridTable:
     """One grid's table of a function of time, rows split into one-element views (numbers in
-    arithmetic with a state, as :func:`shared_time`'s values are). One grid at a time, the last one
-    seen; a grid modified in place since is tabulated again. Only host grids that carry no
-    gradient are tabulated: a table is what saves the CPU loop its per-step operations on
-    one-element tensors, and a device grid's loop is captured whole in a CUDA graph, whose
-    kernels would read a table's memory after the table has moved on to another grid. The
-    function is elementwise in time, so a row equals the per-call value of the same times up to
-    the last bit of vectorised transcendental functions."""
+    arithmetic with a state, as :func:`shared_time`'s values are), in float64 or, on request, in
+    a state's dtype (a coefficient of that dtype costs an operation with the state less than a
+    float64 one, which is converted on the fly). One grid at a time, the last one seen; a grid
+    modified in place since is tabulated again. Only host grids that carry no gradient are
+    tabulated: a table is what saves the CPU loop its per-step operations on one-element tensors,
+    and a device grid's loop is captured whole in a CUDA graph, whose kernels would read a table's
+    memory after the table has moved on to another grid. The function is elementwise in time, so
+    a row equals the per-call value of the same times up to the last bit of vectorised
+    transcendental functions."""
+
+    short = 0  # rows: the grid's points less this
 
     def __init__(self, fn):
         self.fn = fn
-        self.held = None  # (grid, its version counter, the rows)
+        self.held = None  # (grid, its version counter, {dtype: the rows})
 
-    def _rows(self, grid):
+    def _rows(self, grid, dtype=torch.float64):
         if grid.requires_grad or grid.device.type != "cpu":
             return None
         held = self.held
         if held is None or held[0] is not grid or held[1] != grid._version:
-            held = self.held = (grid, grid._version, list(zip(*(c.unbind(0) for c in self._columns(grid)))))
-        return held[2]
+            columns = [torch.as_tensor(c, dtype=torch.float64) for c in self._columns(grid)]
+            held = self.held = (grid, grid._version, {None: columns})
+        rows = held[2].get(dtype)
+        if rows is None:
+            n = grid.numel() - self.short
+            rows = held[2][dtype] = list(zip(*(c.to(dtype).broadcast_to((n,)).unbind(0) for c in held[2][None])))
+        return rows
 
 
 class PointTable(_GridTable):
     """``fn(t)`` at every point of a grid, computed for the whole grid at once: ``lookup(t)`` for
     t = grid[i] expanded to the batch (:func:`grid_point`) is ``tuple(c[i] for c in fn(grid))``;
-    any other time gives None (the caller computes per call)."""
+    any other time gives None (the caller computes per call). ``dtype``: the rows' dtype."""
 
     def _columns(self, grid):
         return self.fn(grid)
 
-    def lookup(self, t):
+    def lookup(self, t, dtype=torch.float64):
         hit = grid_point(t)
         if hit is None:
             return None
-        rows = self._rows(hit[0])
+        rows = self._rows(hit[0], dtype)
         return None if rows is None else rows[hit[1]]
 
 
 class StepTable(_GridTable):
     """``fn(t0, t1)`` for every step of a grid (point i to point i + 1), computed for the whole
     grid at once: ``lookup(t0, t1)`` for t0 = grid[i], t1 = grid[i + 1] expanded to the batch is
-    ``tuple(c[i] for c in fn(grid[:-1], grid[1:]))``; any other pair gives None."""
+    ``tuple(c[i] for c in fn(grid[:-1], grid[1:]))``; any other pair gives None. ``dtype``: the
+    rows' dtype."""
+
+    short = 1
 
     def _columns(self, grid):
         return self.fn(grid[:-1], grid[1:])
 
-    def lookup(self, t0, t1):
+    def lookup(self, t0, t1, dtype=torch.float64):
         a, b = grid_point(t0), grid_point(t1)
         if a is None or b is None or a[0] is not b[0] or b[1] != a[1] + 1:
             return None
-        rows = self._rows(a[0])
+        rows = self._rows(a[0], dtype)
         return None if rows is None else rows[a[1]]
 
 

@@ -55,16 +55,44 @@ def test_step_table_needs_consecutive_points():
 def test_sampling_with_tables_equals_sampling_without(solver, monkeypatch):
     gm = sds.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, -1.0]], [0.3, 0.5])
     p = sds.VPSDE()
-    score = sds.Score.from_eps(lambda x, t: -gm.score_at(x, t, p) * p.sigma(t)[:, None], p, check=False)
+    score = sds.Score.from_eps(lambda x, t: (-gm.score_at(x, t, p) * p.sigma(t)[:, None]).to(x.dtype), p, check=False)
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     run = lambda: sds.sample(p, score, solver, x_T=x_T, steps=12, seed=3).y
     with_tables = run()
     looked_up = []
     original = tensors._GridTable._rows
-    monkeypatch.setattr(tensors._GridTable, "_rows", lambda self, grid: looked_up.append(1))
+    monkeypatch.setattr(tensors._GridTable, "_rows", lambda self, grid, dtype=None: looked_up.append(1))
     without = run()
     assert looked_up  # the tables were asked, and declined, at every step
     monkeypatch.setattr(tensors._GridTable, "_rows", original)
     # f and g^2 of the VP SDE are polynomials (the same bits); alpha and sigma differ at most in
     # the last bit of the vectorised exp/expm1
     torch.testing.assert_close(with_tables, without, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("process", [sds.VPSDE(), sds.VESDE(), sds.SubVPSDE()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("which", ["reverse", "probability_flow"])
+def test_score_linear_states_the_drift_and_diffusion(process, which):
+    """(f, c, g) of Equation.score_linear: drift = f(t) x + c(t) score, diffusion = g(t), per sample."""
+    gm = sds.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, -1.0]], [0.3, 0.5])
+    eq = getattr(process, which)(gm.score(process))
+    f, c, g = eq.score_linear()
+    t = torch.linspace(process.t_min + 0.01, process.T, 16, dtype=torch.float64)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    col = lambda v: torch.as_tensor(v, dtype=torch.float64).broadcast_to(t.shape)[:, None]
+    torch.testing.assert_close(eq.drift(t, x), col(f(t)) * x + col(c(t)) * eq.score_at(t, x), rtol=1e-12, atol=1e-12)
+    if which == "reverse":
+        torch.testing.assert_close(col(g(t)).expand_as(x), torch.broadcast_to(eq.diffusion(t, x), x.shape))
+    else:
+        assert g is None
+
+
+def test_equations_of_a_velocity_are_not_linear_in_the_score():
+    from sdesolve.equations import VelocityODE, VelocitySDE
+
+    path = sds.paths.RectifiedFlow()
+    score = sds.Score.from_velocity(lambda x, t: -x, path, check=False)
+    assert VelocityODE(path, score).score_linear() is None
+    assert VelocitySDE(path, score).score_linear() is None
+    assert path.probability_flow(score).score_linear() is None and path.reverse(score).score_linear() is None
+    assert sds.ODE(lambda t, x: -x).score_linear() is None

@@ -49,14 +49,14 @@ def _spy(monkeypatch, module, name, calls):
 
 
 WIRING = [
-    (sds.EulerMaruyama(), [(sde_module, "em_step")]),
+    (sds.EulerMaruyama(), [(sde_module, "affine_noise_step")]),  # linear in the score: one affine update
     (sds.ReverseDiffusion(), [(sde_module, "affine_noise_step")]),
     (sds.Ancestral(0.7), [(sde_module, "affine_noise_step")]),
     (sds.DDIM(0.5), [(diffusion_module, "affine_noise_step")]),
     (sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 2, expected_norms=False)),
      [(langevin_module, "langevin_step"), (sde_module, "affine_noise_step")]),
     (sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 1, expected_norms=True)),
-     [(langevin_module, "affine_noise_step"), (sde_module, "em_step")]),
+     [(langevin_module, "affine_noise_step"), (sde_module, "affine_noise_step")]),
     (sds.AnnealedLangevin(n_steps=2), [(langevin_module, "affine_noise_step")]),
 ]
 
@@ -78,6 +78,15 @@ def test_solvers_call_the_fused_updates_with_counter_noise(solver, fused, monkey
     assert all(has_noise and not has_z for _, has_noise, has_z in calls[:-per_step])
     # the last step's updates see the all-zero noise, as an explicit z
     assert all(has_z and not has_noise for _, has_noise, has_z in last)
+
+
+def test_euler_maruyama_on_a_general_sde_calls_em_step_with_the_noise(monkeypatch):
+    calls = []
+    _spy(monkeypatch, sde_module, "em_step", calls)
+    rev = sds.VPSDE().reverse(GM.score(sds.VPSDE()))
+    sde = sds.SDE(rev.drift, rev.diffusion, noise="additive")
+    sds.solve(sde, torch.randn(5, 2), 1.0, 1e-3, sds.EulerMaruyama(), steps=12, seed=0)
+    assert len(calls) == 12 and all(has_noise and not has_z for _, has_noise, has_z in calls)
 
 
 def _col(c):

@@ -38,14 +38,27 @@ def _check(where, x, s, f, c, noise, z, draw):
 def _ref(where, x, a, s, b, f, c, noise, draw, z, return_mean):
     """mean = a x + b s (- f) ; out = mean + c z, in the compute dtype."""
     ct = compute_dtype(x.dtype, where)
-    mean = column(a, x, ct, "a", where) * as_dtype(x, ct) + column(b, x, ct, "b", where) * as_dtype(s, ct)
+    if _held(a, ct) and _held(b, ct):  # one-element coefficients of the compute dtype: b s added in one pass
+        mean = torch.addcmul(as_dtype(x, ct) * a, as_dtype(s, ct), b)
+    else:
+        mean = column(a, x, ct, "a", where) * as_dtype(x, ct) + column(b, x, ct, "b", where) * as_dtype(s, ct)
     if f is not None:
         mean = mean - as_dtype(f, ct)
     if c is None:
         out = as_dtype(mean, x.dtype)
         return (out, out) if return_mean else out
-    out = as_dtype(mean + column(c, x, ct, "c", where) * noise_ref(noise, draw, z, x, ct), x.dtype)
+    zc = noise_ref(noise, draw, z, x, ct)
+    if _held(c, ct):
+        out = torch.addcmul(mean, zc, c) if return_mean else mean.addcmul_(zc, c)
+    else:
+        out = mean + column(c, x, ct, "c", where) * zc
+    out = as_dtype(out, x.dtype)
     return (out, as_dtype(mean, x.dtype)) if return_mean else out
+
+
+def _held(v, dtype) -> bool:
+    """A 0-d CPU tensor of ``dtype`` (a fixed grid's coefficient, :class:`sdesolve.tensors.StepTable`)."""
+    return isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == dtype and v.device.type == "cpu"
 
 
 def _triton(where, x, a, s, b, f, c, noise, draw, z, return_mean):

@@ -129,7 +129,7 @@ def check_noise(noise, z, x: torch.Tensor, where: str, required: bool = True) ->
     if z is not None:
         check_like(z, x, "z", where)
         return
-    if not (hasattr(noise, "stream") and hasattr(noise, "step")):
+    if not (hasattr(noise, "stream") and hasattr(noise, "at")):  # ("step" may build a tensor)
         raise TypeError(f"{where}: noise must be an sdesolve.noise.Noise, got {type(noise).__name__}")
     if len(noise) != x.shape[0]:
         raise ValueError(f"{where}: noise holds {len(noise)} samples, the state has {x.shape[0]}")

@@ -29,6 +29,7 @@ import torch
 
 from ..equations import DiffusionEquation
 from ..kernels import affine_noise_step, em_step
+from ..kernels.common import compute_dtype
 from ..noise import kernel_noise
 from ..tensors import StepTable, shared_time
 from .base import CONTROLLED, Solver, Step
@@ -74,21 +75,41 @@ def _transition(process, t_from, t_to):
 class EulerMaruyama(Solver):
     """Euler-Maruyama: x1 = x0 + f(t0, x0) h + g(t0, x0) sqrt(|h|) z (Kloeden & Platen 1992, Sec.
     9.1), strong order 1/2 (1 for additive noise), weak order 1; for any SDE, scalar noise drawing
-    one normal per sample. One fused update (:func:`sdesolve.kernels.em_step`)."""
+    one normal per sample. One fused update (:func:`sdesolve.kernels.em_step`); on a fixed host
+    grid, for an equation linear in the score (:meth:`~sdesolve.Equation.score_linear`: the reverse
+    SDE of a diffusion), the update x1 = (1 + f h) x + c h s + g sqrt|h| z with the coefficients of
+    every step computed at once (:func:`sdesolve.kernels.affine_noise_step`)."""
 
     order = 0.5
     weak_order = 1.0
     stochastic = True
 
+    def init(self, eq, t0, y0):
+        parts = eq.score_linear()
+        if parts is None or parts[2] is None:
+            return None
+        return StepTable(functools.partial(_em_coefficients, *parts))
+
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
+        row = state.lookup(t0, t1, compute_dtype(y0.dtype, "EulerMaruyama")) if state is not None else None
+        if row is not None:  # dx = (f x + c s) dt + g dW: x1 = (1 + f h) x + c h s + g sqrt|h| z
+            s = eq.score_at(t0, y0)
+            return Step(affine_noise_step(y0, row[0], s, row[1], row[2], **kernel_noise(noise, y0, 0)), state=state)
         f = eq.drift(t0, y0)
         g = diffusion_argument(eq.diffusion(t0, y0), y0)
         # the plan's step on a CPU state (a CUDA kernel reads its coefficients from the device)
         use_h = at.h is not None and not y0.is_cuda and not t0.requires_grad
         dt = at.h if use_h else shared_time(t1) - shared_time(t0)
         if eq.noise_type == "scalar":
-            return Step(em_step(y0, f, g, dt, z=normal_for(eq, noise, y0)))
-        return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)))
+            return Step(em_step(y0, f, g, dt, z=normal_for(eq, noise, y0)), state=state)
+        return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)), state=state)
+
+
+def _em_coefficients(f, c, g, t0, t1):
+    """(1 + f h, c h, g sqrt|h|) of an Euler-Maruyama step from t0 to t1 = t0 + h of
+    dx = [f(t) x + c(t) score] dt + g(t) dW."""
+    h = t1 - t0
+    return 1.0 + f(t0) * h, c(t0) * h, g(t0) * h.abs().sqrt()
 
 
 class ReverseDiffusion(Solver):
@@ -103,7 +124,7 @@ class ReverseDiffusion(Solver):
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
         table = state if isinstance(state, StepTable) else StepTable(functools.partial(_update, eq.process))
-        row = table.lookup(t0, t1)
+        row = table.lookup(t0, t1, compute_dtype(y0.dtype, "ReverseDiffusion"))
         cx, cs, std = row if row is not None else _update(eq.process, t0, t1)
         s = eq.score_at(t0, y0)
         return Step(affine_noise_step(y0, cx, s, cs, std, **kernel_noise(noise, y0, 0)), state=table)
