@@ -149,18 +149,25 @@ def torchsde_euler(score, x, steps):
 
 
 # --- timing ------------------------------------------------------------------------------------
-def run_interleaved(rows, reps):
-    """rows: name -> callable; returns name -> list of seconds (one per repetition)."""
+def run_interleaved(rows, reps, cpu=None):
+    """rows: name -> callable; returns name -> list of wall seconds (one per repetition). ``cpu``: a
+    dict that receives name -> list of this thread's CPU seconds of the same calls (time the
+    machine's other work took from the core is in the wall time only)."""
     names = list(rows)
     for name in names:  # warm-up (allocator, caches, compiled kernels)
         rows[name]()
     times = {name: [] for name in names}
+    if cpu is not None:
+        cpu.update({name: [] for name in names})
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            c = time.thread_time()
             t = time.perf_counter()
             rows[name]()
             times[name].append(time.perf_counter() - t)
+            if cpu is not None:
+                cpu[name].append(time.thread_time() - c)
     return times
 
 
@@ -213,7 +220,8 @@ def loop_rows(problem, steps, reps, noise_mode):
         "ReverseDiffusion [eager noise]": ours(sds.ReverseDiffusion(), "eager"),
         "torchsde euler": lambda: torchsde_euler(score, x_T, steps),
     }
-    times = run_interleaved(rows, reps)
+    cpu = {}
+    times = run_interleaved(rows, reps, cpu)
     pairs = [
         ("Euler", "hand Euler", 1.10),
         ("DPMSolverPP(order=2)", "hand DPM-Solver++(2M)", 1.15),
@@ -231,7 +239,7 @@ def loop_rows(problem, steps, reps, noise_mode):
         if (a, b) not in seen:
             seen.add((a, b))
             unique.append((a, b, target))
-    return rows, times, unique, paths, dict(batch=B, dim=d, steps=steps)
+    return rows, (times, cpu), unique, paths, dict(batch=B, dim=d, steps=steps)
 
 
 def summarize(times, steps):
@@ -407,7 +415,9 @@ def write(out_dir, record):
              f"compiled path available: {record['compiled_available']}")
     L.append(f"- load average (1 min) before / after: {record['load_before']} / {record['load_after']} "
              "(a shared machine: absolute times are noisy; ratios are paired within a repetition)")
-    L.append(f"- {record['reps']} repetitions, rows interleaved; times are medians (min..max)")
+    L.append(f"- {record['reps']} repetitions, rows interleaved; times are medians (min..max); each ratio is the median "
+             "of the per-repetition ratios, of wall time and of the thread's CPU time (which leaves out the time "
+             "other work on the machine took from the core)")
     L.append("")
     for prob in record["problems"]:
         m = prob["meta"]
@@ -419,11 +429,12 @@ def write(out_dir, record):
             L.append(f"| {name} | {r['median_ms_per_step']:.3f} | {r['min_ms_per_step']:.3f}..{r['max_ms_per_step']:.3f} "
                      f"| {prob['paths'].get(name, '')} |")
         L.append("")
-        L.append("| ours | reference | ratio (median of paired) | min..max | target |")
-        L.append("|---|---|---:|---:|---:|")
+        L.append("| ours | reference | wall-time ratio (median of paired) | min..max | CPU-time ratio | min..max | target |")
+        L.append("|---|---|---:|---:|---:|---:|---:|")
         for r in prob["ratios"]:
             tgt = "" if r["target"] is None else (f"< {r['target']:.2f}" if r["target"] == 1.0 else f"<= {r['target']:.2f}")
-            L.append(f"| {r['ours']} | {r['reference']} | {r['ratio']:.2f} | {r['min']:.2f}..{r['max']:.2f} | {tgt} |")
+            L.append(f"| {r['ours']} | {r['reference']} | {r['ratio']:.2f} | {r['min']:.2f}..{r['max']:.2f} | "
+                     f"{r['cpu_ratio']:.2f} | {r['cpu_min']:.2f}..{r['cpu_max']:.2f} | {tgt} |")
         L.append("")
     L.append("## Philox normals against torch.randn (per element)")
     L.append("")
@@ -480,11 +491,13 @@ def main(argv=None):
         for prob in ("mixture", "mlp"):
             if prob not in only:
                 continue
-            rows, times, pairs, paths, meta = loop_rows(prob, steps, reps, args.noise)
+            rows, (times, cpu), pairs, paths, meta = loop_rows(prob, steps, reps, args.noise)
             ratios = []
             for a, b, target in pairs:
                 med, lo, hi = paired_ratio(times, a, b)
-                ratios.append(dict(ours=a, reference=b, ratio=med, min=lo, max=hi, target=target))
+                cmed, clo, chi = paired_ratio(cpu, a, b)
+                ratios.append(dict(ours=a, reference=b, ratio=med, min=lo, max=hi, target=target,
+                                   cpu_ratio=cmed, cpu_min=clo, cpu_max=chi))
             record["problems"].append(dict(name=prob, meta=meta, rows=summarize(times, steps), ratios=ratios,
                                            paths=paths))
             print(prob, {r["ours"] + " / " + r["reference"]: round(r["ratio"], 3) for r in ratios}, flush=True)

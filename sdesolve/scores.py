@@ -39,6 +39,7 @@ any of the other predictions exactly, given the process.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -60,7 +61,7 @@ class Score:
     """
 
     kinds = ("score", "eps", "x0", "v", "denoiser", "velocity")
-    _marginals = None  # (process, PointTable of its alpha and sigma): the conversions on a fixed grid
+    _marginals = None  # (process, PointTable of its alpha, sigma, sigma^2): the conversions on a fixed grid
 
     def __init__(self, fn, process=None, kind: str = "score", time_label=labels.continuous,
                  label_dtype=None, **model_kwargs):
@@ -171,12 +172,13 @@ class Score:
 
     # conversions -------------------------------------------------------------------------------
     def _coeffs(self, t, x, process):
+        """(alpha, sigma, sigma^2) at t, per sample against x (one-element on a fixed grid's point)."""
         memo = self._marginals
         if memo is None or memo[0] is not process:
-            memo = self._marginals = (process, PointTable(process.marginal))
+            memo = self._marginals = (process, PointTable(functools.partial(_marginal_and_variance, process)))
         row = memo[1].lookup(t)
-        a, s = row if row is not None else process.marginal(shared_time(t))
-        return per_sample(a, x), per_sample(s, x)
+        a, s, s2 = row if row is not None else _marginal_and_variance(process, shared_time(t))
+        return per_sample(a, x), per_sample(s, x), per_sample(s2, x)
 
     def _x0_eps(self, x, t, p):
         """(x0_hat, z_hat) of a velocity model from one call (see the module docstring)."""
@@ -204,7 +206,7 @@ class Score:
                 return u
         else:
             x0 = self.denoised_of(x, t, p)
-            a, s = self._coeffs(t, x, p)
+            a, s, _ = self._coeffs(t, x, p)
             eps = (x - a * x0) / s
         da, ds = p.d_marginal(t)
         return per_sample(da, x) * x0 + per_sample(ds, x) * eps
@@ -219,7 +221,7 @@ class Score:
                 u = per_sample(da, x) * x0 + per_sample(ds, x) * eps
         else:
             x0 = self.denoised_of(x, t, p)
-            a, s = self._coeffs(t, x, p)
+            a, s, _ = self._coeffs(t, x, p)
             eps = (x - a * x0) / s
             da, ds = p.d_marginal(t)
             u = per_sample(da, x) * x0 + per_sample(ds, x) * eps
@@ -232,12 +234,12 @@ class Score:
         out = self.predict(x, t, p)
         if self.kind in ("x0", "denoiser"):
             return out
-        a, s = self._coeffs(t, x, p)
+        a, s, s2 = self._coeffs(t, x, p)
         if self.kind == "score":
-            return (x + s * s * out) / a
+            return _addcmul(x, out, s2) / a
         if self.kind == "eps":
-            return (x - s * out) / a
-        return (a * x - s * out) / (a * a + s * s)  # v
+            return _addcmul(x, out, s, -1.0) / a
+        return (a * x - s * out) / (a * a + s2)  # v
 
     def eps_of(self, x, t, process=None):
         p = self._process(process)
@@ -246,11 +248,11 @@ class Score:
         out = self.predict(x, t, p)
         if self.kind == "eps":
             return out
-        a, s = self._coeffs(t, x, p)
+        a, s, s2 = self._coeffs(t, x, p)
         if self.kind == "score":
             return -s * out
         if self.kind == "v":
-            return (s * x + a * out) / (a * a + s * s)
+            return (s * x + a * out) / (a * a + s2)
         return (x - a * out) / s  # x0, denoiser
 
     def score_of(self, x, t, process=None):
@@ -260,15 +262,25 @@ class Score:
         out = self.predict(x, t, p)
         if self.kind == "score":
             return out
-        a, s = self._coeffs(t, x, p)
+        a, s, s2 = self._coeffs(t, x, p)
         if self.kind == "eps":
             return -out / s
         if self.kind == "v":
-            return -(s * x + a * out) / ((a * a + s * s) * s)
-        return (a * out - x) / (s * s)  # x0, denoiser
+            return -(s * x + a * out) / ((a * a + s2) * s)
+        return (a * out - x) / s2  # x0, denoiser
 
     def __repr__(self):
         return f"Score(kind={self.kind}, time_label={getattr(self.time_label, '__name__', self.time_label)})"
+
+
+def _marginal_and_variance(process, t):
+    a, s = process.marginal(t)
+    return a, s, s * s
+
+
+def _addcmul(x, v, c, value: float = 1.0):
+    """x + value c v, in one pass when c is a tensor (one-element or per sample)."""
+    return torch.addcmul(x, v, c, value=value) if isinstance(c, torch.Tensor) else x + (value * c) * v
 
 
 class ExternalScore(Score):

@@ -36,7 +36,12 @@ the solver's business. Build ``step`` from the shared pieces:
               return Step(data_step(a, b, y0, eq.denoised(t0, y0)))
 
 * an SDE method draws its normals from ``noise`` and uses the fused updates of
-  :mod:`sdesolve.kernels` (``em_step(y, f, g, dt, **kernel_noise(noise, y, 0))``).
+  :mod:`sdesolve.kernels` (``em_step(y, f, g, dt, **kernel_noise(noise, y, 0))``);
+* a step that is affine in the state and the model's output, with coefficients that depend on
+  the step's times only, computes them for the whole grid at once (a
+  :class:`sdesolve.tensors.StepTable` made in ``init``; the equation states its form through
+  :meth:`~sdesolve.Equation.score_linear`) and takes one ``affine_noise_step``, as Euler,
+  Euler-Maruyama and reverse diffusion do on a fixed grid.
 """
 from __future__ import annotations
 

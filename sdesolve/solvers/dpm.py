@@ -133,9 +133,11 @@ class _GridTable:
     and split into one-element views (numbers in arithmetic with a state on any device, read
     without a host transfer: a fixed-step loop stays free of host synchronisation); with them the
     history terms of :func:`_history_coefficients` for a history of the grid's own earlier points
-    (``history(i, lams)``: None for any other history, such as one handed over by Restart)."""
+    (``history(i, lams)``: None for any other history, such as one handed over by Restart). The
+    terms that multiply a state also come in the state's compute dtype (``update``), where an
+    operation with a float32 state costs less than with a float64 number converted on the fly."""
 
-    def __init__(self, process, grid: torch.Tensor, sde: bool):
+    def __init__(self, process, grid: torch.Tensor, sde: bool, order: int = 3):
         self.grid = grid
         pts = point(process, grid.to(torch.float64))
         a = LogSNRPoint(pts.t[:-1], pts.alpha[:-1], pts.sigma[:-1], pts.lam[:-1])
@@ -144,14 +146,21 @@ class _GridTable:
         coefficients = _step_coefficients(a, b, sde)
         cols = [c.unbind(0) if c is not None else [None] * n for c in coefficients]
         self.steps = list(zip(*cols))
+        # the columns that multiply a state: cx, c0, std (SDE only); c_2 of (2M); (a_0, a_1) of (3M)
+        nan = torch.full((n,), float("nan"), dtype=torch.float64)
+        self.columns = list(coefficients[:3]) + [None, None, None]
         lam = pts.lam
         if n > 1:  # step i >= 1 after the point i - 1: c_2 of (2M)
             tail = tuple(c[1:] if c is not None else None for c in coefficients)
-            self.second = [None] + list(_history_coefficients(tail, lam[:-2], None).unbind(0))
-        if n > 2:  # step i >= 2 after the points i - 1 and i - 2: (a_0, a_1) of (3M)
+            second = _history_coefficients(tail, lam[:-2], None)
+            self.second = [None] + list(second.unbind(0))
+            self.columns[3] = torch.cat([nan[:1], second])
+        if n > 2 and order == 3:  # step i >= 2 after the points i - 1 and i - 2: (a_0, a_1) of (3M)
             tail = tuple(c[2:] if c is not None else None for c in coefficients)
             a0, a1 = _history_coefficients(tail, lam[1:-2], lam[:-3])
             self.third = [None, None] + list(zip(a0.unbind(0), a1.unbind(0)))
+            self.columns[4], self.columns[5] = torch.cat([nan[:2], a0]), torch.cat([nan[:2], a1])
+        self.typed = {}
 
     def history(self, i: int, lams: tuple):
         """The history terms of step i when ``lams`` are the lambdas of the grid's points before it."""
@@ -161,6 +170,21 @@ class _GridTable:
             if i >= 2 and lams[-2] is self.steps[i - 2][7]:
                 return self.third[i]
         return None
+
+    def update(self, i: int, dtype):
+        """Step i's (cx, c0, std, c_2, a_0, a_1) as one-element tensors of ``dtype`` (None for a
+        history term of an order the table was not made for)."""
+        rows = self.typed.get(dtype)
+        if rows is None:
+            n = self.grid.numel() - 1
+            cols = [c.to(dtype).unbind(0) if c is not None else (None,) * n for c in self.columns]
+            rows = self.typed[dtype] = list(zip(*cols))
+        return rows[i]
+
+
+def _add_scaled(y, c, v):
+    """y + c v for a coefficient c (one-element, or (B,) per sample): one pass over the state."""
+    return torch.addcmul(y, v, per_sample(c, y))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,7 +233,7 @@ class DPMSolverPP(DiffusionSolver):
             # diffusers' schedulers do), in place of some thirty operations on one-element tensors
             # per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
             if not (isinstance(end, _GridTable) and end.grid is at.grid):
-                end = _GridTable(eq.process, at.grid, self.sde)
+                end = _GridTable(eq.process, at.grid, self.sde, self.order)
             c = end.steps[at.index]
             new_end = end
         else:
@@ -222,18 +246,22 @@ class DPMSolverPP(DiffusionSolver):
         d0 = eq.denoised(t0, x)
         k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
         cx, c0, std = c[0], c[1], c[2]
-        y = per_sample(cx, x) * x + per_sample(c0, x) * d0
+        hist = None
         if k > 1:
             hist = end.history(at.index, lams[-(k - 1):]) if isinstance(new_end, _GridTable) else None
             if hist is None:
                 hist = _history_coefficients(c, lams[-1], lams[-2] if k == 3 else None)
+            elif x.dtype == torch.float32 and x.device.type == "cpu":  # the grid's own history
+                cx, c0, std, c2, a0, a1 = new_end.update(at.index, x.dtype)
+                hist = c2 if k == 2 else (a0, a1)
+        y = _add_scaled(per_sample(cx, x) * x, c0, d0)
         if k == 2:
-            y = y + per_sample(hist, x) * (d0 - outs[-1])
+            y = _add_scaled(y, hist, d0 - outs[-1])
         elif k == 3:
             a0, a1 = hist
-            y = y + per_sample(a0, x) * (d0 - outs[-1]) + per_sample(a1, x) * (outs[-1] - outs[-2])
+            y = _add_scaled(_add_scaled(y, a0, d0 - outs[-1]), a1, outs[-1] - outs[-2])
         if self.sde:
-            y = y + per_sample(std, x) * noise.normal(x, 0)
+            y = _add_scaled(y, std, noise.normal(x, 0))
         keep = self.order - 1
         history = ((lams + (c[7],))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
         return Step(y, None, history + (new_end,))
