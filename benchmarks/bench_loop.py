@@ -149,10 +149,13 @@ def torchsde_euler(score, x, steps):
 
 
 # --- timing ------------------------------------------------------------------------------------
-def run_interleaved(rows, reps, cpu=None):
+def run_interleaved(rows, reps, cpu=None, mirror=False):
     """rows: name -> callable; returns name -> list of wall seconds (one per repetition). ``cpu``: a
     dict that receives name -> list of this thread's CPU seconds of the same calls (time the
-    machine's other work took from the core is in the wall time only)."""
+    machine's other work took from the core is in the wall time only). ``mirror``: each repetition
+    runs the rows in its order and then in reverse (A B C C B A) and a row's time is the sum of its
+    two calls, so that a drift of the machine's speed that is linear over the repetition cancels
+    in every ratio of two rows."""
     names = list(rows)
     for name in names:  # warm-up (allocator, caches, compiled kernels)
         rows[name]()
@@ -161,13 +164,17 @@ def run_interleaved(rows, reps, cpu=None):
         cpu.update({name: [] for name in names})
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        wall, thread = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for name in order + (order[::-1] if mirror else []):
             c = time.thread_time()
             t = time.perf_counter()
             rows[name]()
-            times[name].append(time.perf_counter() - t)
+            wall[name] += time.perf_counter() - t
+            thread[name] += time.thread_time() - c
+        for name in names:
+            times[name].append(wall[name] / (2 if mirror else 1))
             if cpu is not None:
-                cpu[name].append(time.thread_time() - c)
+                cpu[name].append(thread[name] / (2 if mirror else 1))
     return times
 
 
@@ -221,7 +228,7 @@ def loop_rows(problem, steps, reps, noise_mode):
         "torchsde euler": lambda: torchsde_euler(score, x_T, steps),
     }
     cpu = {}
-    times = run_interleaved(rows, reps, cpu)
+    times = run_interleaved(rows, reps, cpu, mirror=True)
     pairs = [
         ("Euler", "hand Euler", 1.10),
         ("DPMSolverPP(order=2)", "hand DPM-Solver++(2M)", 1.15),
@@ -417,7 +424,9 @@ def write(out_dir, record):
              "(a shared machine: absolute times are noisy; ratios are paired within a repetition)")
     L.append(f"- {record['reps']} repetitions, rows interleaved; times are medians (min..max); each ratio is the median "
              "of the per-repetition ratios, of wall time and of the thread's CPU time (which leaves out the time "
-             "other work on the machine took from the core)")
+             "other work on the machine took from the core); a repetition of the loop rows runs them in order "
+             "and then in reverse (A B C C B A), a row's time the mean of its two calls, so that a drift of "
+             "the machine's speed over the repetition cancels")
     L.append("")
     for prob in record["problems"]:
         m = prob["meta"]

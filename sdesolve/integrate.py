@@ -125,13 +125,14 @@ class GridRun:
         B = y0.shape[0]
         self.eq, self.plan, self.noise = eq, plan, noise
         grid = plan.grid.to(y0.device)
-        self.grid = grid
-        self.times = [grid[i].expand(B) for i in range(grid.numel())]
+        self.grid, self.batch = grid, B
+        self.t = grid[0].expand(B)  # the next step's start: the last step's end, the same tensor
+        self.t_next = None
         self.n = plan.steps
         self.i = 0
         self.total = self.n
         self.y = y0
-        self.state = solver.init(eq, self.times[0], y0) if state is None else state
+        self.state = solver.init(eq, self.t, y0) if state is None else state
         self.check = check_finite and math.prod(y0.shape[1:]) > 0
         self.sums = []    # per-sample sums of the states of the steps since the last fold
         self.marks = []   # per fold, (B,): which of its steps had a non-finite sum, as bits in base 4
@@ -149,10 +150,11 @@ class GridRun:
     def attempt(self):
         i = self.i
         nz = self.noise.at(i) if (self.zero is None or i < self.n - 1) else self.zero
-        return self.times[i], self.times[i + 1], self.y, self.state, nz, self.plan.positions[i]
+        self.t_next = self.grid[i + 1].expand(self.batch)
+        return self.t, self.t_next, self.y, self.state, nz, self.plan.positions[i]
 
     def commit(self, out):
-        self.y, self.state = out.y, out.state
+        self.y, self.state, self.t = out.y, out.state, self.t_next
         if self.check:
             # the sum over a sample is NaN or +-Inf where the sample has a NaN or an Inf (and where finite
             # values sum past the largest float: never in a solve that is going well), one read of the

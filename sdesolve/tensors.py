@@ -31,35 +31,37 @@ def grid_point(t):
 
 
 class _GridTable:
-    """One grid's table of a function of time, rows split into one-element views (numbers in
-    arithmetic with a state, as :func:`shared_time`'s values are), in float64 or, on request, in
-    a state's dtype (a coefficient of that dtype costs an operation with the state less than a
-    float64 one, which is converted on the fly). One grid at a time, the last one seen; a grid
-    modified in place since is tabulated again. Only host grids that carry no gradient are
-    tabulated: a table is what saves the CPU loop its per-step operations on one-element tensors,
-    and a device grid's loop is captured whole in a CUDA graph, whose kernels would read a table's
-    memory after the table has moved on to another grid. The function is elementwise in time, so
-    a row equals the per-call value of the same times up to the last bit of vectorised
-    transcendental functions."""
+    """One grid's table of a function of time: its columns computed for the whole grid at once, a
+    row handed out as one-element views (numbers in arithmetic with a state, as
+    :func:`shared_time`'s values are), in float64 or, on request, in a state's dtype (a coefficient
+    of that dtype costs an operation with the state less than a float64 one, converted on the
+    fly). A row is made when it is asked for: a table holds a few tensors, not an object per grid
+    point that would live as long as the solve and add to the interpreter's garbage collections.
+    One grid at a time, the last one seen; a grid modified in place since is tabulated again. Only
+    host grids that carry no gradient are tabulated: a table is what saves the CPU loop its
+    per-step operations on one-element tensors, and a device grid's loop is captured whole in a
+    CUDA graph, whose kernels would read a table's memory after the table has moved on to another
+    grid. The function is elementwise in time, so a row equals the per-call value of the same times
+    up to the last bit of vectorised transcendental functions."""
 
     short = 0  # rows: the grid's points less this
 
     def __init__(self, fn):
         self.fn = fn
-        self.held = None  # (grid, its version counter, {dtype: the rows})
+        self.held = None  # (grid, its version counter, {dtype: the columns})
 
-    def _rows(self, grid, dtype=torch.float64):
+    def _row(self, grid, i: int, dtype=torch.float64):
         if grid.requires_grad or grid.device.type != "cpu":
             return None
         held = self.held
         if held is None or held[0] is not grid or held[1] != grid._version:
-            columns = [torch.as_tensor(c, dtype=torch.float64) for c in self._columns(grid)]
-            held = self.held = (grid, grid._version, {None: columns})
-        rows = held[2].get(dtype)
-        if rows is None:
             n = grid.numel() - self.short
-            rows = held[2][dtype] = list(zip(*(c.to(dtype).broadcast_to((n,)).unbind(0) for c in held[2][None])))
-        return rows
+            columns = [torch.as_tensor(c, dtype=torch.float64).broadcast_to((n,)) for c in self._columns(grid)]
+            held = self.held = (grid, grid._version, {torch.float64: columns})
+        columns = held[2].get(dtype)
+        if columns is None:
+            columns = held[2][dtype] = [c.to(dtype) for c in held[2][torch.float64]]
+        return tuple(c[i] for c in columns)
 
 
 class PointTable(_GridTable):
@@ -72,10 +74,7 @@ class PointTable(_GridTable):
 
     def lookup(self, t, dtype=torch.float64):
         hit = grid_point(t)
-        if hit is None:
-            return None
-        rows = self._rows(hit[0], dtype)
-        return None if rows is None else rows[hit[1]]
+        return None if hit is None else self._row(hit[0], hit[1], dtype)
 
 
 class StepTable(_GridTable):
@@ -93,8 +92,7 @@ class StepTable(_GridTable):
         a, b = grid_point(t0), grid_point(t1)
         if a is None or b is None or a[0] is not b[0] or b[1] != a[1] + 1:
             return None
-        rows = self._rows(a[0], dtype)
-        return None if rows is None else rows[a[1]]
+        return self._row(a[0], a[1], dtype)
 
 
 def per_sample(c, x: torch.Tensor):

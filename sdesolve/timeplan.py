@@ -23,7 +23,7 @@ import torch
 
 from .schedules import validate
 
-__all__ = ["Position", "CONTROLLED", "TimePlan", "plan_times", "ends_low"]
+__all__ = ["Position", "Positions", "CONTROLLED", "TimePlan", "plan_times", "ends_low"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class TimePlan:
     t0: float
     t1: float
     grid: torch.Tensor | None = None
-    positions: tuple = ()
+    positions: "Positions | tuple" = ()
 
     @property
     def adaptive(self) -> bool:
@@ -146,9 +146,32 @@ def plan_times(process, t0=None, t1=None, *, steps: int | None = None, schedule=
     n = grid.numel() - 1
     host = grid.detach()
     low = process is not None and ends_low(process, float(host[-1]))
-    hs = (host[1:] - host[:-1]).unbind(0)
-    positions = tuple(Position(i, n, host, low and i == n - 1, hs[i]) for i in range(n))
-    return TimePlan(float(host[0]), float(host[-1]), grid, positions)
+    return TimePlan(float(host[0]), float(host[-1]), grid, Positions(host, low))
+
+
+class Positions:
+    """The positions of a fixed grid's steps, ``positions[i]`` made when asked for (a sequence of
+    length ``steps``): what a step is told, without an object per step that lives as long as the
+    solve."""
+
+    __slots__ = ("grid", "ends_low", "h")
+
+    def __init__(self, grid: torch.Tensor, ends_low: bool):
+        self.grid, self.ends_low = grid, ends_low
+        self.h = grid[1:] - grid[:-1]
+
+    def __len__(self) -> int:
+        return self.h.shape[0]
+
+    def __getitem__(self, i: int) -> Position:
+        n = self.h.shape[0]
+        if not -n <= i < n:
+            raise IndexError(f"step {i} of a grid of {n} steps")
+        i %= n
+        return Position(i, n, self.grid, self.ends_low and i == n - 1, self.h[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def _inside(process, times):

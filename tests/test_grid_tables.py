@@ -60,11 +60,11 @@ def test_sampling_with_tables_equals_sampling_without(solver, monkeypatch):
     run = lambda: sds.sample(p, score, solver, x_T=x_T, steps=12, seed=3).y
     with_tables = run()
     looked_up = []
-    original = tensors._GridTable._rows
-    monkeypatch.setattr(tensors._GridTable, "_rows", lambda self, grid, dtype=None: looked_up.append(1))
+    original = tensors._GridTable._row
+    monkeypatch.setattr(tensors._GridTable, "_row", lambda self, grid, i, dtype=None: looked_up.append(1))
     without = run()
     assert looked_up  # the tables were asked, and declined, at every step
-    monkeypatch.setattr(tensors._GridTable, "_rows", original)
+    monkeypatch.setattr(tensors._GridTable, "_row", original)
     # f and g^2 of the VP SDE are polynomials (the same bits); alpha and sigma differ at most in
     # the last bit of the vectorised exp/expm1
     torch.testing.assert_close(with_tables, without, rtol=1e-5, atol=1e-6)

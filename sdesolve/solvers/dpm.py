@@ -129,13 +129,15 @@ def _history_coefficients(c, lam_1, lam_2):
 
 
 class _GridTable:
-    """:func:`_step_coefficients` of every step of one grid, computed together on the host grid
-    and split into one-element views (numbers in arithmetic with a state on any device, read
-    without a host transfer: a fixed-step loop stays free of host synchronisation); with them the
-    history terms of :func:`_history_coefficients` for a history of the grid's own earlier points
-    (``history(i, lams)``: None for any other history, such as one handed over by Restart). The
-    terms that multiply a state also come in the state's compute dtype (``update``), where an
-    operation with a float32 state costs less than with a float64 number converted on the fly."""
+    """:func:`_step_coefficients` of every step of one grid, computed together on the host grid; a
+    step's row is handed out as one-element views (numbers in arithmetic with a state on any
+    device, read without a host transfer: a fixed-step loop stays free of host synchronisation),
+    made when asked for (a table holds a few tensors, not objects per step that would live as long
+    as the solve); with them the history terms of :func:`_history_coefficients` for a history of
+    the grid's own earlier points (``history(i, lams)``: None for any other history, such as one
+    handed over by Restart). The terms that multiply a state also come in the state's compute
+    dtype (``update``), where an operation with a float32 state costs less than with a float64
+    number converted on the fly."""
 
     def __init__(self, process, grid: torch.Tensor, sde: bool, order: int = 3):
         self.grid = grid
@@ -144,42 +146,46 @@ class _GridTable:
         b = LogSNRPoint(pts.t[1:], pts.alpha[1:], pts.sigma[1:], pts.lam[1:])
         n = grid.numel() - 1
         coefficients = _step_coefficients(a, b, sde)
-        cols = [c.unbind(0) if c is not None else [None] * n for c in coefficients]
-        self.steps = list(zip(*cols))
-        # the columns that multiply a state: cx, c0, std (SDE only); c_2 of (2M); (a_0, a_1) of (3M)
+        self.coefficients = coefficients
+        self.recent = {}  # the rows handed out for the last steps: a history is told apart by them
         nan = torch.full((n,), float("nan"), dtype=torch.float64)
+        # the columns that multiply a state: cx, c0, std (SDE only); c_2 of (2M); (a_0, a_1) of (3M)
         self.columns = list(coefficients[:3]) + [None, None, None]
         lam = pts.lam
         if n > 1:  # step i >= 1 after the point i - 1: c_2 of (2M)
             tail = tuple(c[1:] if c is not None else None for c in coefficients)
-            second = _history_coefficients(tail, lam[:-2], None)
-            self.second = [None] + list(second.unbind(0))
-            self.columns[3] = torch.cat([nan[:1], second])
+            self.columns[3] = torch.cat([nan[:1], _history_coefficients(tail, lam[:-2], None)])
         if n > 2 and order == 3:  # step i >= 2 after the points i - 1 and i - 2: (a_0, a_1) of (3M)
             tail = tuple(c[2:] if c is not None else None for c in coefficients)
             a0, a1 = _history_coefficients(tail, lam[1:-2], lam[:-3])
-            self.third = [None, None] + list(zip(a0.unbind(0), a1.unbind(0)))
             self.columns[4], self.columns[5] = torch.cat([nan[:2], a0]), torch.cat([nan[:2], a1])
-        self.typed = {}
+        self.typed = {torch.float64: self.columns}
+
+    def step(self, i: int):
+        """Step i's coefficients (:func:`_step_coefficients`), one-element views."""
+        row = self.recent.get(i)
+        if row is None:
+            row = tuple(c[i] if c is not None else None for c in self.coefficients)
+            self.recent = {k: v for k, v in self.recent.items() if i - 3 < k < i + 3}
+            self.recent[i] = row
+        return row
 
     def history(self, i: int, lams: tuple):
         """The history terms of step i when ``lams`` are the lambdas of the grid's points before it."""
-        if i >= 1 and lams[-1] is self.steps[i - 1][7]:
+        if i >= 1 and lams[-1] is self.recent.get(i - 1, (None,) * 8)[7]:
             if len(lams) == 1:
-                return self.second[i]
-            if i >= 2 and lams[-2] is self.steps[i - 2][7]:
-                return self.third[i]
+                return self.columns[3][i]
+            if i >= 2 and lams[-2] is self.recent.get(i - 2, (None,) * 8)[7]:
+                return self.columns[4][i], self.columns[5][i]
         return None
 
     def update(self, i: int, dtype):
         """Step i's (cx, c0, std, c_2, a_0, a_1) as one-element tensors of ``dtype`` (None for a
-        history term of an order the table was not made for)."""
-        rows = self.typed.get(dtype)
-        if rows is None:
-            n = self.grid.numel() - 1
-            cols = [c.to(dtype).unbind(0) if c is not None else (None,) * n for c in self.columns]
-            rows = self.typed[dtype] = list(zip(*cols))
-        return rows[i]
+        term the table was not made for)."""
+        cols = self.typed.get(dtype)
+        if cols is None:
+            cols = self.typed[dtype] = [c.to(dtype) if c is not None else None for c in self.columns]
+        return tuple(c[i] if c is not None else None for c in cols)
 
 
 def _add_scaled(y, c, v):
@@ -234,7 +240,7 @@ class DPMSolverPP(DiffusionSolver):
             # per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
             if not (isinstance(end, _GridTable) and end.grid is at.grid):
                 end = _GridTable(eq.process, at.grid, self.sde, self.order)
-            c = end.steps[at.index]
+            c = end.step(at.index)
             new_end = end
         else:
             p = eq.process
