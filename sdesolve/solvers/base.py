@@ -45,17 +45,19 @@ the solver's business. Build ``step`` from the shared pieces:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..equations import DiffusionEquation, Equation
+from ..kernels.common import compute_dtype
 from ..schedules import uniform
-from ..tensors import per_sample
+from ..tensors import StepTable, per_sample
 from ..timeplan import CONTROLLED, Position
 
-__all__ = ["Solver", "Step", "Position", "CONTROLLED", "per_sample"]
+__all__ = ["Solver", "Step", "Position", "CONTROLLED", "per_sample", "linear_step_table", "table_row"]
 
 
 @dataclass
@@ -141,3 +143,26 @@ class Solver:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+def linear_step_table(eq, noise: bool) -> StepTable | None:
+    """For an equation linear in the score (:meth:`~sdesolve.Equation.score_linear`), with a
+    diffusion g when ``noise`` and without one otherwise: the table of the Euler(-Maruyama) step's
+    coefficients over a fixed grid, (1 + f h, c h) and with noise g sqrt|h|, h = t1 - t0 (the
+    step x1 = (1 + f h) x + c h score + g sqrt|h| z); None for any other equation."""
+    parts = eq.score_linear()
+    if parts is None or (parts[2] is not None) != noise:
+        return None
+    return StepTable(functools.partial(_linear_coefficients, *parts))
+
+
+def _linear_coefficients(f, c, g, t0, t1):
+    h = t1 - t0
+    a, b = 1.0 + f(t0) * h, c(t0) * h
+    return (a, b) if g is None else (a, b, g(t0) * h.abs().sqrt())
+
+
+def table_row(table, t0, t1, y0, where: str):
+    """The row of ``table`` (a :class:`~sdesolve.tensors.StepTable` or None) for the step t0 -> t1,
+    in the compute dtype of the state ``y0``; None where there is none (no table, a step off its grid)."""
+    return None if table is None else table.lookup(t0, t1, compute_dtype(y0.dtype, where))

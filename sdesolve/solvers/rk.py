@@ -10,16 +10,13 @@ as its first stage.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from . import tableaus
-from .base import CONTROLLED, Solver, Step, per_sample
+from .base import CONTROLLED, Solver, Step, linear_step_table, per_sample, table_row
 from .tableaus import ButcherTableau
 from ..kernels import affine_noise_step
-from ..kernels.common import compute_dtype
-from ..tensors import StepTable, shared_time
+from ..tensors import shared_time
 
 __all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4"]
 
@@ -85,20 +82,13 @@ class Euler(RungeKutta):
     tableau = tableaus.EULER
 
     def init(self, eq, t0, y0):
-        parts = eq.score_linear()
-        return None if parts is None or parts[2] is not None else StepTable(functools.partial(_coefficients, *parts[:2]))
+        return linear_step_table(eq, noise=False)
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        row = state.lookup(t0, t1, compute_dtype(y0.dtype, "Euler")) if state is not None else None
+        row = table_row(state, t0, t1, y0, "Euler")
         if row is None:
             return Step(super().step(eq, t0, t1, y0, None, noise, at).y, state=state)
         return Step(affine_noise_step(y0, row[0], eq.score_at(t0, y0), row[1]), state=state)
-
-
-def _coefficients(f, c, t0, t1):
-    """(1 + f h, c h) of an Euler step from t0 to t1 = t0 + h of dx/dt = f(t) x + c(t) score."""
-    h = t1 - t0
-    return 1.0 + f(t0) * h, c(t0) * h
 
 
 class Heun(RungeKutta):

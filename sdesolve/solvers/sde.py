@@ -29,10 +29,9 @@ import torch
 
 from ..equations import DiffusionEquation
 from ..kernels import affine_noise_step, em_step
-from ..kernels.common import compute_dtype
 from ..noise import kernel_noise
 from ..tensors import StepTable, shared_time
-from .base import CONTROLLED, Solver, Step
+from .base import CONTROLLED, Solver, Step, linear_step_table, table_row
 from .exponential import ancestral, point
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "normal_for", "diffusion_argument"]
@@ -85,13 +84,10 @@ class EulerMaruyama(Solver):
     stochastic = True
 
     def init(self, eq, t0, y0):
-        parts = eq.score_linear()
-        if parts is None or parts[2] is None:
-            return None
-        return StepTable(functools.partial(_em_coefficients, *parts))
+        return linear_step_table(eq, noise=True)
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        row = state.lookup(t0, t1, compute_dtype(y0.dtype, "EulerMaruyama")) if state is not None else None
+        row = table_row(state, t0, t1, y0, "EulerMaruyama")
         if row is not None:  # dx = (f x + c s) dt + g dW: x1 = (1 + f h) x + c h s + g sqrt|h| z
             s = eq.score_at(t0, y0)
             return Step(affine_noise_step(y0, row[0], s, row[1], row[2], **kernel_noise(noise, y0, 0)), state=state)
@@ -105,29 +101,25 @@ class EulerMaruyama(Solver):
         return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)), state=state)
 
 
-def _em_coefficients(f, c, g, t0, t1):
-    """(1 + f h, c h, g sqrt|h|) of an Euler-Maruyama step from t0 to t1 = t0 + h of
-    dx = [f(t) x + c(t) score] dt + g(t) dW."""
-    h = t1 - t0
-    return 1.0 + f(t0) * h, c(t0) * h, g(t0) * h.abs().sqrt()
-
 
 class ReverseDiffusion(Solver):
     """score_sde's reverse-diffusion predictor, for any process (see module docstring). On a fixed
-    grid the coefficients of every step are computed at once, at the first step
-    (:class:`sdesolve.tensors.StepTable`, held in the state)."""
+    grid the coefficients of every step are computed at once, before the first step
+    (:class:`sdesolve.tensors.StepTable`, the state)."""
 
     order = 0.5
     weak_order = 1.0
     stochastic = True
     equation = DiffusionEquation
 
+    def init(self, eq, t0, y0):
+        return StepTable(functools.partial(_update, eq.process))
+
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        table = state if isinstance(state, StepTable) else StepTable(functools.partial(_update, eq.process))
-        row = table.lookup(t0, t1, compute_dtype(y0.dtype, "ReverseDiffusion"))
+        row = table_row(state, t0, t1, y0, "ReverseDiffusion")
         cx, cs, std = row if row is not None else _update(eq.process, t0, t1)
         s = eq.score_at(t0, y0)
-        return Step(affine_noise_step(y0, cx, s, cs, std, **kernel_noise(noise, y0, 0)), state=table)
+        return Step(affine_noise_step(y0, cx, s, cs, std, **kernel_noise(noise, y0, 0)), state=state)
 
 
 def _update(process, t_from, t_to):
