@@ -138,13 +138,16 @@ class DiffusionEquation(Equation):
         return self.process.f(t), self.process.g2(t)
 
     def _predict(self, t, x, kind: str) -> torch.Tensor:
-        if isinstance(t, torch.Tensor) and t.dim() <= 1 and t.numel() == 1:
-            t = t.reshape(1).expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if not (isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == x.shape[0]):
+            if isinstance(t, torch.Tensor) and t.dim() <= 1 and t.numel() == 1:
+                t = t.reshape(1).expand(x.shape[0])  # one time for the batch (see sdesolve.tensors.shared_time)
+            else:
+                raise ValueError(f"the score needs t of shape ({x.shape[0]},), got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
         self._count(x)
         out = getattr(self.score, kind)(x, t, self.process)
+        if isinstance(out, torch.Tensor) and out.shape == x.shape:
+            return out
         return self._check_out(out, x, f"the score model ({kind})")
 
     def score_at(self, t, x):

@@ -126,7 +126,9 @@ class GridRun:
         self.eq, self.plan, self.noise = eq, plan, noise
         grid = plan.grid.to(y0.device)
         self.grid, self.batch = grid, B
-        self.t = grid[0].expand(B)  # the next step's start: the last step's end, the same tensor
+        # row i: grid point i for the batch, a view with stride 0 (sdesolve.tensors.grid_point)
+        self.times = grid.as_strided((grid.shape[0], B), (grid.stride(0), 0))
+        self.t = self.times[0]  # the next step's start: the last step's end, the same tensor
         self.t_next = None
         self.n = plan.steps
         self.i = 0
@@ -150,7 +152,7 @@ class GridRun:
     def attempt(self):
         i = self.i
         nz = self.noise.at(i) if (self.zero is None or i < self.n - 1) else self.zero
-        self.t_next = self.grid[i + 1].expand(self.batch)
+        self.t_next = self.times[i + 1]
         return self.t, self.t_next, self.y, self.state, nz, self.plan.positions[i]
 
     def commit(self, out):
@@ -169,7 +171,8 @@ class GridRun:
     def _row_sums(self, y):
         """Per-sample sums of y: a matrix-vector product with ones (one pass, fast for any sample
         size, where a reduction over a short last dimension is not); half precision sums in float32."""
-        y = y.reshape(y.shape[0], -1)
+        if y.dim() != 2:
+            y = y.reshape(y.shape[0], -1)
         if y.dtype in (torch.float16, torch.bfloat16):
             return y.sum(1, dtype=torch.float32)
         ones = self.ones

@@ -176,8 +176,10 @@ class Score:
         memo = self._marginals
         if memo is None or memo[0] is not process:
             memo = self._marginals = (process, PointTable(functools.partial(_marginal_and_variance, process)))
-        row = memo[1].lookup(t)
-        a, s, s2 = row if row is not None else _marginal_and_variance(process, shared_time(t))
+        row = memo[1].lookup(t, x.dtype if x.dtype in _ROW_DTYPES else torch.float64)
+        if row is not None:  # one-element CPU tensors: numbers in arithmetic with x
+            return row
+        a, s, s2 = _marginal_and_variance(process, shared_time(t))
         return per_sample(a, x), per_sample(s, x), per_sample(s2, x)
 
     def _x0_eps(self, x, t, p):
@@ -271,6 +273,10 @@ class Score:
 
     def __repr__(self):
         return f"Score(kind={self.kind}, time_label={getattr(self.time_label, '__name__', self.time_label)})"
+
+
+#: state dtypes whose fixed-grid coefficients are handed out in the state's dtype (float64 otherwise)
+_ROW_DTYPES = (torch.float32, torch.float64)
 
 
 def _marginal_and_variance(process, t):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["per_sample", "rms", "shared_time", "grid_point", "PointTable", "StepTable"]
+__all__ = ["per_sample", "rms", "shared_time", "grid_point", "PointTable"]
 
 
 def shared_time(t):
@@ -30,69 +30,41 @@ def grid_point(t):
     return grid, t.storage_offset() - grid.storage_offset()
 
 
-class _GridTable:
-    """One grid's table of a function of time: its columns computed for the whole grid at once, a
-    row handed out as one-element views (numbers in arithmetic with a state, as
-    :func:`shared_time`'s values are), in float64 or, on request, in a state's dtype (a coefficient
-    of that dtype costs an operation with the state less than a float64 one, converted on the
-    fly). A row is made when it is asked for: a table holds a few tensors, not an object per grid
-    point that would live as long as the solve and add to the interpreter's garbage collections.
-    One grid at a time, the last one seen; a grid modified in place since is tabulated again. Only
-    host grids that carry no gradient are tabulated: a table is what saves the CPU loop its
-    per-step operations on one-element tensors, and a device grid's loop is captured whole in a
-    CUDA graph, whose kernels would read a table's memory after the table has moved on to another
-    grid. The function is elementwise in time, so a row equals the per-call value of the same times
-    up to the last bit of vectorised transcendental functions."""
-
-    short = 0  # rows: the grid's points less this
+class PointTable:
+    """``fn(t)`` at every point of a grid, computed for the whole grid at once: ``lookup(t)`` for
+    t = grid[i] expanded to the batch (:func:`grid_point`) is ``tuple(c[i] for c in fn(grid))``,
+    one-element views (numbers in arithmetic with a state, as :func:`shared_time`'s values are),
+    in float64 or, on request (``dtype``), in a state's dtype (a coefficient of that dtype costs an
+    operation with the state less than a float64 one, converted on the fly); any other time gives
+    None (the caller computes per call). A row is made when it is asked for: a table holds a few
+    tensors, not an object per grid point that would live as long as the table and add to the
+    interpreter's garbage collections. One grid at a time, the last one seen; a grid modified in
+    place since is tabulated again. Only host grids that carry no gradient are tabulated: a table is
+    what saves the CPU loop its per-step operations on one-element tensors, and a device grid's
+    loop is captured whole in a CUDA graph, whose kernels would read a table's memory after the
+    table has moved on to another grid. The function is elementwise in time, so a row equals the
+    per-call value of the same times up to the last bit of vectorised transcendental functions."""
 
     def __init__(self, fn):
         self.fn = fn
         self.held = None  # (grid, its version counter, {dtype: the columns})
+
+    def lookup(self, t, dtype=torch.float64):
+        hit = grid_point(t)
+        return None if hit is None else self._row(hit[0], hit[1], dtype)
 
     def _row(self, grid, i: int, dtype=torch.float64):
         if grid.requires_grad or grid.device.type != "cpu":
             return None
         held = self.held
         if held is None or held[0] is not grid or held[1] != grid._version:
-            n = grid.numel() - self.short
-            columns = [torch.as_tensor(c, dtype=torch.float64).broadcast_to((n,)) for c in self._columns(grid)]
+            n = grid.numel()
+            columns = [torch.as_tensor(c, dtype=torch.float64).broadcast_to((n,)) for c in self.fn(grid)]
             held = self.held = (grid, grid._version, {torch.float64: columns})
         columns = held[2].get(dtype)
         if columns is None:
             columns = held[2][dtype] = [c.to(dtype) for c in held[2][torch.float64]]
-        return tuple(c[i] for c in columns)
-
-
-class PointTable(_GridTable):
-    """``fn(t)`` at every point of a grid, computed for the whole grid at once: ``lookup(t)`` for
-    t = grid[i] expanded to the batch (:func:`grid_point`) is ``tuple(c[i] for c in fn(grid))``;
-    any other time gives None (the caller computes per call). ``dtype``: the rows' dtype."""
-
-    def _columns(self, grid):
-        return self.fn(grid)
-
-    def lookup(self, t, dtype=torch.float64):
-        hit = grid_point(t)
-        return None if hit is None else self._row(hit[0], hit[1], dtype)
-
-
-class StepTable(_GridTable):
-    """``fn(t0, t1)`` for every step of a grid (point i to point i + 1), computed for the whole
-    grid at once: ``lookup(t0, t1)`` for t0 = grid[i], t1 = grid[i + 1] expanded to the batch is
-    ``tuple(c[i] for c in fn(grid[:-1], grid[1:]))``; any other pair gives None. ``dtype``: the
-    rows' dtype."""
-
-    short = 1
-
-    def _columns(self, grid):
-        return self.fn(grid[:-1], grid[1:])
-
-    def lookup(self, t0, t1, dtype=torch.float64):
-        a, b = grid_point(t0), grid_point(t1)
-        if a is None or b is None or a[0] is not b[0] or b[1] != a[1] + 1:
-            return None
-        return self._row(a[0], a[1], dtype)
+        return tuple([c[i] for c in columns])
 
 
 def per_sample(c, x: torch.Tensor):

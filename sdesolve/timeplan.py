@@ -8,8 +8,8 @@ schedule function ``schedule(process, steps, t_start=, t_end=)`` gives one from 
 up to T) takes the schedule's grid between the same end points reversed, so both directions share
 the same points. Without a schedule a fixed grid is uniform in t.
 
-Each step of a fixed grid is told where it is by a :class:`Position` (made once per plan, so the
-loop hands out ready objects): its index, the number of steps, the grid, and whether the step
+Each step of a fixed grid is told where it is by a :class:`Position` (a named tuple made when
+the step asks, :class:`Positions`): its index, the number of steps, the grid, and whether the step
 ends where a diffusion model is not evaluated (sigma = 0, or t below t_min: only the last step of
 a grid that ends at 0, as EDM's and k-diffusion's do). Under step-size control every step sees
 :data:`CONTROLLED`: no index, no count, no grid.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -26,21 +27,26 @@ from .schedules import validate
 __all__ = ["Position", "Positions", "CONTROLLED", "TimePlan", "plan_times", "ends_low"]
 
 
-@dataclass(frozen=True)
-class Position:
+class Position(NamedTuple):
     """Where a step is. index: 0-based step index; steps: the number of steps of the fixed grid
     (None under step-size control); grid: that grid (float64, on the host), or None, whose points
     ``index`` and ``index + 1`` are the step's t0 and t1 (a step may read its times there); ends_low:
-    the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min); h: t1 - t0 as a
-    one-element view of the grid's differences (None with no grid), a number in arithmetic with a
-    state that costs the step no operation. The grid and h carry no gradient: a step whose times
-    do computes from its times."""
+    the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min); lengths: the
+    grid's step lengths grid[1:] - grid[:-1] (shared by the positions of a grid; None with no
+    grid). The grid and its lengths carry no gradient: a step whose times do computes from its
+    times. Immutable (a named tuple: ``at._replace(ends_low=...)`` for a changed copy)."""
 
     index: int = 0
     steps: int | None = None
     grid: torch.Tensor | None = None
     ends_low: bool = False
-    h: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+
+    @property
+    def h(self) -> torch.Tensor | None:
+        """t1 - t0 as a one-element view of the grid's lengths (None with no grid): a number in
+        arithmetic with a state that costs the step no operation."""
+        return None if self.lengths is None else self.lengths[self.index]
 
     @property
     def last(self) -> bool:
@@ -154,21 +160,23 @@ class Positions:
     length ``steps``): what a step is told, without an object per step that lives as long as the
     solve."""
 
-    __slots__ = ("grid", "ends_low", "h")
+    __slots__ = ("grid", "ends_low", "lengths", "n")
 
     def __init__(self, grid: torch.Tensor, ends_low: bool):
         self.grid, self.ends_low = grid, ends_low
-        self.h = grid[1:] - grid[:-1]
+        self.lengths = grid[1:] - grid[:-1]
+        self.n = self.lengths.shape[0]
 
     def __len__(self) -> int:
-        return self.h.shape[0]
+        return self.n
 
     def __getitem__(self, i: int) -> Position:
-        n = self.h.shape[0]
+        n = self.n
         if not -n <= i < n:
             raise IndexError(f"step {i} of a grid of {n} steps")
-        i %= n
-        return Position(i, n, self.grid, self.ends_low and i == n - 1, self.h[i])
+        if i < 0:
+            i += n
+        return Position(i, n, self.grid, self.ends_low and i == n - 1, self.lengths)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

@@ -1,11 +1,14 @@
-"""Tables of time coefficients over a fixed grid (sdesolve.tensors.PointTable / StepTable): the
-loop's times are looked up, anything else is computed per call, and the values are the same."""
+"""Tables of time coefficients over a fixed grid (sdesolve.tensors.PointTable, the fixed-grid
+steps of sdesolve.solvers.base.AffineSteps and DPM-Solver++'s table): the loop's times are looked
+up, anything else is computed per call, and the values are the same."""
 import pytest
 import torch
 
 import sdesolve as sds
-from sdesolve import tensors
-from sdesolve.tensors import PointTable, StepTable, grid_point
+from sdesolve import tensors, timeplan
+from sdesolve.solvers.base import AffineSteps
+from sdesolve.tensors import PointTable, grid_point
+from sdesolve.timeplan import plan_times
 
 
 def test_grid_point_names_the_point_a_time_is():
@@ -41,12 +44,26 @@ def test_point_table_matches_per_call_values_and_follows_its_grid():
     assert table.lookup(other.clone().requires_grad_()[1].expand(2)) is None  # times with a gradient
 
 
-def test_step_table_needs_consecutive_points():
-    table = StepTable(lambda a, b: (b - a,))
+def test_affine_steps_read_the_row_of_the_position_on_its_grid():
+    calls = []
+
+    def fn(t0, t1):
+        calls.append(t0.numel())
+        return t1 - t0, t0 * t1, torch.exp(t1)
+
+    steps = AffineSteps(fn)
     grid = torch.tensor([1.0, 0.7, 0.2, 0.0], dtype=torch.float64)
-    assert float(table.lookup(grid[1].expand(2), grid[2].expand(2))[0]) == float(grid[2] - grid[1])
-    assert table.lookup(grid[1].expand(2), grid[3].expand(2)) is None
-    assert table.lookup(grid[1].expand(2), grid.clone()[2].expand(2)) is None
+    at = plan_times(None, schedule=grid).positions
+    t0, y = grid[1].expand(2), torch.zeros(2, 3)
+    a, b, c = steps.row(at[1], t0, y)
+    assert (a.dtype, b.dtype, c.dtype) == (torch.float32,) * 3 and a.dim() == 0
+    assert float(a) == float(torch.tensor(0.2 - 0.7, dtype=torch.float32)) and calls == [3]
+    assert float(steps.row(at[2], t0, y)[2]) == pytest.approx(1.0) and calls == [3]  # one evaluation
+    assert steps.row(at[1], t0, y.double())[0].dtype == torch.float64 and calls == [3, 3]
+    assert steps.row(sds.Position(), t0, y) is None  # no grid: step-size control
+    assert steps.row(at[1], t0.clone().requires_grad_(), y) is None  # times with a gradient
+    other = plan_times(None, schedule=torch.tensor([2.0, 1.0], dtype=torch.float64)).positions
+    assert float(steps.row(other[0], t0, y)[0]) == -1.0 and calls[-1] == 1  # another grid: tabulated
 
 
 @pytest.mark.parametrize("solver", [sds.Euler(), sds.EulerMaruyama(), sds.ReverseDiffusion(),
@@ -60,11 +77,12 @@ def test_sampling_with_tables_equals_sampling_without(solver, monkeypatch):
     run = lambda: sds.sample(p, score, solver, x_T=x_T, steps=12, seed=3).y
     with_tables = run()
     looked_up = []
-    original = tensors._GridTable._row
-    monkeypatch.setattr(tensors._GridTable, "_row", lambda self, grid, i, dtype=None: looked_up.append(1))
+    monkeypatch.setattr(tensors.PointTable, "_row", lambda self, grid, i, dtype=None: looked_up.append(1))
+    # positions without their grid: the solvers' own tables (AffineSteps, DPM-Solver++'s) are not made
+    real = timeplan.Positions.__getitem__
+    monkeypatch.setattr(timeplan.Positions, "__getitem__", lambda self, i: real(self, i)._replace(grid=None, lengths=None))
     without = run()
     assert looked_up  # the tables were asked, and declined, at every step
-    monkeypatch.setattr(tensors._GridTable, "_row", original)
     # f and g^2 of the VP SDE are polynomials (the same bits); alpha and sigma differ at most in
     # the last bit of the vectorised exp/expm1
     torch.testing.assert_close(with_tables, without, rtol=1e-5, atol=1e-6)

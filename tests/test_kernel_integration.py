@@ -31,6 +31,7 @@ sde_module = sys.modules["sdesolve.solvers.sde"]
 langevin_module = sys.modules["sdesolve.solvers.langevin"]
 diffusion_module = sys.modules["sdesolve.solvers.diffusion"]
 adaptive_module = sys.modules["sdesolve.solvers.adaptive"]
+base_module = sys.modules["sdesolve.solvers.base"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GM = sds.GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.1, 0.3, 0.2])
@@ -49,14 +50,14 @@ def _spy(monkeypatch, module, name, calls):
 
 
 WIRING = [
-    (sds.EulerMaruyama(), [(sde_module, "affine_noise_step")]),  # linear in the score: one affine update
-    (sds.ReverseDiffusion(), [(sde_module, "affine_noise_step")]),
+    (sds.EulerMaruyama(), [(base_module, "affine_noise_step")]),  # linear in the score: one affine update
+    (sds.ReverseDiffusion(), [(base_module, "affine_noise_step")]),
     (sds.Ancestral(0.7), [(sde_module, "affine_noise_step")]),
     (sds.DDIM(0.5), [(diffusion_module, "affine_noise_step")]),
     (sds.PredictorCorrector(sds.ReverseDiffusion(), sds.Langevin(0.16, 2, expected_norms=False)),
-     [(langevin_module, "langevin_step"), (sde_module, "affine_noise_step")]),
+     [(langevin_module, "langevin_step"), (base_module, "affine_noise_step")]),
     (sds.PredictorCorrector(sds.EulerMaruyama(), sds.Langevin(0.16, 1, expected_norms=True)),
-     [(langevin_module, "affine_noise_step"), (sde_module, "affine_noise_step")]),
+     [(langevin_module, "affine_noise_step"), (base_module, "affine_noise_step")]),
     (sds.AnnealedLangevin(n_steps=2), [(langevin_module, "affine_noise_step")]),
 ]
 
@@ -64,8 +65,13 @@ WIRING = [
 @pytest.mark.parametrize("solver,fused", WIRING, ids=lambda v: type(v).__name__ if isinstance(v, sds.Solver) else "")
 def test_solvers_call_the_fused_updates_with_counter_noise(solver, fused, monkeypatch):
     """Every noisy update is a fused call given the Noise (drawn in-kernel on CUDA), except the
-    last step without noise (final_noise=False), whose all-zero normals come as an explicit z."""
+    last step without noise (final_noise=False), whose all-zero normals come as an explicit z.
+    On a CPU state whose kernels take their reference path, the fixed-grid steps of EM and reverse
+    diffusion (AffineSteps) do that path's arithmetic themselves (the next test: bit for bit the
+    same); the kernel mode is made "triton" for them here, so that the path a kernel may take is
+    the one seen (the update itself still runs its reference: triton is not active)."""
     calls = []
+    monkeypatch.setattr(base_module, "kernel_mode", lambda: "triton")
     for module, name in fused:
         _spy(monkeypatch, module, name, calls)
     p = sds.VPSDE()
@@ -78,6 +84,23 @@ def test_solvers_call_the_fused_updates_with_counter_noise(solver, fused, monkey
     assert all(has_noise and not has_z for _, has_noise, has_z in calls[:-per_step])
     # the last step's updates see the all-zero noise, as an explicit z
     assert all(has_z and not has_noise for _, has_noise, has_z in last)
+
+
+@pytest.mark.parametrize("solver", [sds.Euler(), sds.EulerMaruyama(), sds.ReverseDiffusion()], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_grid_affine_steps_equal_the_kernel_reference_bit_for_bit(solver, dtype, monkeypatch):
+    """AffineSteps' own arithmetic (held_affine_step with Noise.normal's draws) against the same
+    rows handed to affine_noise_step with the Noise (the kernels' reference path), every step."""
+    p = sds.VPSDE()
+    x = torch.randn(6, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        return sds.sample(p, GM.score(p), solver, x_T=x[:, :2], steps=25, seed=4, final_noise=False).y
+
+    plain = run()
+    monkeypatch.setattr(base_module, "kernel_mode", lambda: "triton")
+    checked = run()
+    assert plain.dtype == dtype and torch.equal(plain, checked)
 
 
 def test_euler_maruyama_on_a_general_sde_calls_em_step_with_the_noise(monkeypatch):

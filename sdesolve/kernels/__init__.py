@@ -19,7 +19,7 @@ sdesolve.
 
 triton is imported lazily, only when a call takes a kernel.
 """
-from .affine import affine_noise_step, affine_noise_step_ref
+from .affine import affine_noise_step, affine_noise_step_ref, held_affine_step
 from .dispatch import ENV_VAR, interpreter_active, kernel_mode
 from .em import em_step, em_step_ref
 from .langevin import langevin_step, langevin_step_ref, langevin_step_size, langevin_step_size_ref
@@ -30,6 +30,7 @@ __all__ = [
     "em_step_ref",
     "affine_noise_step",
     "affine_noise_step_ref",
+    "held_affine_step",
     "langevin_step",
     "langevin_step_ref",
     "langevin_step_size",

@@ -21,7 +21,7 @@ from .common import (as_dtype, check_draw, check_like, check_noise, column, comp
                      tile_geometry)
 from .dispatch import load_kernels, use_triton
 
-__all__ = ["affine_noise_step", "affine_noise_step_ref"]
+__all__ = ["affine_noise_step", "affine_noise_step_ref", "held_affine_step"]
 
 
 def _check(where, x, s, f, c, noise, z, draw):
@@ -38,8 +38,8 @@ def _check(where, x, s, f, c, noise, z, draw):
 def _ref(where, x, a, s, b, f, c, noise, draw, z, return_mean):
     """mean = a x + b s (- f) ; out = mean + c z, in the compute dtype."""
     ct = compute_dtype(x.dtype, where)
-    if _held(a, ct) and _held(b, ct):  # one-element coefficients of the compute dtype: b s added in one pass
-        mean = torch.addcmul(as_dtype(x, ct) * a, as_dtype(s, ct), b)
+    if _held(a, ct) and _held(b, ct):
+        mean = held_affine_step(as_dtype(x, ct), a, as_dtype(s, ct), b)
     else:
         mean = column(a, x, ct, "a", where) * as_dtype(x, ct) + column(b, x, ct, "b", where) * as_dtype(s, ct)
     if f is not None:
@@ -56,8 +56,18 @@ def _ref(where, x, a, s, b, f, c, noise, draw, z, return_mean):
     return (out, as_dtype(mean, x.dtype)) if return_mean else out
 
 
+def held_affine_step(x, a, s, b, c=None, z=None):
+    """``a x + b s (+ c z)`` for one-element coefficients a, b (, c) of x's dtype (float32 or
+    float64) on the CPU and s, z shaped like x: the arithmetic of :func:`affine_noise_step_ref` in
+    that case (b s and c z added in one pass each, ``addcmul``), without its checks and dispatch.
+    For a loop that made its coefficients for its state once, before its steps
+    (:class:`sdesolve.solvers.base.AffineSteps`); everyone else calls :func:`affine_noise_step`."""
+    out = torch.addcmul(x * a, s, b)
+    return out if c is None else out.addcmul_(z, c)
+
+
 def _held(v, dtype) -> bool:
-    """A 0-d CPU tensor of ``dtype`` (a fixed grid's coefficient, :class:`sdesolve.tensors.StepTable`)."""
+    """A 0-d CPU tensor of ``dtype`` (a fixed grid's coefficient, :class:`sdesolve.solvers.base.AffineSteps`)."""
     return isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == dtype and v.device.type == "cpu"
 
 

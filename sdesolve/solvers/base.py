@@ -38,10 +38,10 @@ the solver's business. Build ``step`` from the shared pieces:
 * an SDE method draws its normals from ``noise`` and uses the fused updates of
   :mod:`sdesolve.kernels` (``em_step(y, f, g, dt, **kernel_noise(noise, y, 0))``);
 * a step that is affine in the state and the model's output, with coefficients that depend on
-  the step's times only, computes them for the whole grid at once (a
-  :class:`sdesolve.tensors.StepTable` made in ``init``; the equation states its form through
-  :meth:`~sdesolve.Equation.score_linear`) and takes one ``affine_noise_step``, as Euler,
-  Euler-Maruyama and reverse diffusion do on a fixed grid.
+  the step's times only, computes them for the whole grid at once and decides how to do the
+  update once per solve (:class:`AffineSteps` made in ``init``; the equation states its form
+  through :meth:`~sdesolve.Equation.score_linear`), as Euler, Euler-Maruyama and reverse
+  diffusion do on a fixed grid.
 """
 from __future__ import annotations
 
@@ -52,12 +52,14 @@ from typing import Any
 import torch
 
 from ..equations import DiffusionEquation, Equation
+from ..kernels import affine_noise_step, held_affine_step, kernel_mode
 from ..kernels.common import compute_dtype
+from ..noise import kernel_noise
 from ..schedules import uniform
-from ..tensors import StepTable, per_sample
+from ..tensors import per_sample
 from ..timeplan import CONTROLLED, Position
 
-__all__ = ["Solver", "Step", "Position", "CONTROLLED", "per_sample", "linear_step_table", "table_row"]
+__all__ = ["Solver", "Step", "Position", "CONTROLLED", "per_sample", "linear_step_table", "AffineSteps"]
 
 
 @dataclass
@@ -145,15 +147,15 @@ class Solver:
         return f"{type(self).__name__}({fields})"
 
 
-def linear_step_table(eq, noise: bool) -> StepTable | None:
+def linear_step_table(eq, noise: bool) -> AffineSteps | None:
     """For an equation linear in the score (:meth:`~sdesolve.Equation.score_linear`), with a
-    diffusion g when ``noise`` and without one otherwise: the table of the Euler(-Maruyama) step's
-    coefficients over a fixed grid, (1 + f h, c h) and with noise g sqrt|h|, h = t1 - t0 (the
-    step x1 = (1 + f h) x + c h score + g sqrt|h| z); None for any other equation."""
+    diffusion g when ``noise`` and without one otherwise: the Euler(-Maruyama) steps over a fixed
+    grid, x1 = (1 + f h) x + c h score (+ g sqrt|h| z), h = t1 - t0, as :class:`AffineSteps`; None
+    for any other equation."""
     parts = eq.score_linear()
     if parts is None or (parts[2] is not None) != noise:
         return None
-    return StepTable(functools.partial(_linear_coefficients, *parts))
+    return AffineSteps(functools.partial(_linear_coefficients, *parts))
 
 
 def _linear_coefficients(f, c, g, t0, t1):
@@ -162,7 +164,56 @@ def _linear_coefficients(f, c, g, t0, t1):
     return (a, b) if g is None else (a, b, g(t0) * h.abs().sqrt())
 
 
-def table_row(table, t0, t1, y0, where: str):
-    """The row of ``table`` (a :class:`~sdesolve.tensors.StepTable` or None) for the step t0 -> t1,
-    in the compute dtype of the state ``y0``; None where there is none (no table, a step off its grid)."""
-    return None if table is None else table.lookup(t0, t1, compute_dtype(y0.dtype, where))
+class AffineSteps:
+    """The steps x1 = a x + b s (+ c z) of a solver whose coefficients depend on the step's times
+    only (s: the model's output at (t0, x); z: the step's standard normal, draw 0), on the fixed
+    grid that the loop's positions name: ``fn(t0, t1)`` (float64, elementwise in the (n,) starts
+    and ends of the steps) gives (a, b[, c]) for every step at once, at the first step, in the
+    state's compute dtype; step i reads row i (its :class:`~sdesolve.timeplan.Position`'s index,
+    whose grid points i and i + 1 are t0 and t1). How the update is done is decided then too:
+    float32 and float64 states on the reference path of the kernels take the arithmetic of
+    :func:`~sdesolve.kernels.held_affine_step` (two or three full-size operations, nothing else),
+    others :func:`~sdesolve.kernels.affine_noise_step` (its checks and dispatch) with the row.
+
+    Made per solve (the solver's state, from ``init``). Only host grids that carry no gradient
+    are tabulated (as by :class:`sdesolve.tensors.PointTable`); ``row`` is None for any other step (no
+    grid, a grid with a gradient or on a device, a state of another dtype), where the solver
+    computes its coefficients per call."""
+
+    __slots__ = ("fn", "grid", "dtype", "columns", "plain")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.grid = self.dtype = self.columns = None
+        self.plain = False
+
+    def row(self, at: Position, t0: torch.Tensor, y: torch.Tensor):
+        """(a, b[, c]) of step ``at`` from ``t0`` for state ``y``, one-element tensors of y's compute
+        dtype, or None (also where t0 carries a gradient, which the grid's table would not pass on)."""
+        if t0.requires_grad:
+            return None
+        if at.grid is not self.grid or y.dtype is not self.dtype:
+            if not self._tabulate(at.grid, y):
+                return None
+        i, c = at.index, self.columns
+        return (c[0][i], c[1][i]) if len(c) == 2 else (c[0][i], c[1][i], c[2][i])
+
+    def _tabulate(self, grid, y) -> bool:
+        if (grid is None or grid.requires_grad or grid.device.type != "cpu" or y.device.type != "cpu"
+                or grid.dim() != 1 or grid.dtype != torch.float64):
+            return False
+        ct = compute_dtype(y.dtype, "a fixed-grid step")
+        n = grid.shape[0] - 1
+        columns = self.fn(grid[:-1], grid[1:])
+        self.columns = [torch.as_tensor(c, dtype=torch.float64).broadcast_to((n,)).to(ct) for c in columns]
+        self.grid, self.dtype = grid, y.dtype
+        self.plain = y.dtype == ct and kernel_mode() != "triton"
+        return True
+
+    def update(self, x: torch.Tensor, row, s: torch.Tensor, noise) -> torch.Tensor:
+        """x1 = a x + b s (+ c z) with the ``row`` of this step, z drawn from ``noise`` (draw 0)."""
+        if len(row) == 2:
+            return held_affine_step(x, row[0], s, row[1]) if self.plain else affine_noise_step(x, row[0], s, row[1])
+        if self.plain and noise is not None:
+            return held_affine_step(x, row[0], s, row[1], row[2], noise.normal(x, 0))
+        return affine_noise_step(x, row[0], s, row[1], row[2], **kernel_noise(noise, x, 0))

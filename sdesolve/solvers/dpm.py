@@ -43,6 +43,8 @@ grid ending at sigma = 0.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..schedules import logsnr, time_uniform
@@ -129,15 +131,14 @@ def _history_coefficients(c, lam_1, lam_2):
 
 
 class _GridTable:
-    """:func:`_step_coefficients` of every step of one grid, computed together on the host grid; a
-    step's row is handed out as one-element views (numbers in arithmetic with a state on any
-    device, read without a host transfer: a fixed-step loop stays free of host synchronisation),
-    made when asked for (a table holds a few tensors, not objects per step that would live as long
-    as the solve); with them the history terms of :func:`_history_coefficients` for a history of
-    the grid's own earlier points (``history(i, lams)``: None for any other history, such as one
-    handed over by Restart). The terms that multiply a state also come in the state's compute
-    dtype (``update``), where an operation with a float32 state costs less than with a float64
-    number converted on the fly."""
+    """:func:`_step_coefficients` of every step of one grid, computed together on the host grid, and
+    with them the history terms of :func:`_history_coefficients` for a history of the grid's own
+    earlier points (c_2 of (2M) from step 1 on, (a_0, a_1) of (3M) from step 2 on). A step reads its
+    terms as one-element views (numbers in arithmetic with a state on any device, read without a
+    host transfer: a fixed-step loop stays free of host synchronisation), made when asked for (a
+    table holds a few tensors, not objects per step that would live as long as the solve). The
+    terms that multiply a state also come in float32 (``own``), where an operation with a float32
+    state costs less than with a float64 number converted on the fly."""
 
     def __init__(self, process, grid: torch.Tensor, sde: bool, order: int = 3):
         self.grid = grid
@@ -147,45 +148,44 @@ class _GridTable:
         n = grid.numel() - 1
         coefficients = _step_coefficients(a, b, sde)
         self.coefficients = coefficients
-        self.recent = {}  # the rows handed out for the last steps: a history is told apart by them
+        self.lam = pts.lam
         nan = torch.full((n,), float("nan"), dtype=torch.float64)
         # the columns that multiply a state: cx, c0, std (SDE only); c_2 of (2M); (a_0, a_1) of (3M)
-        self.columns = list(coefficients[:3]) + [None, None, None]
+        columns = list(coefficients[:3]) + [None, None, None]
         lam = pts.lam
         if n > 1:  # step i >= 1 after the point i - 1: c_2 of (2M)
             tail = tuple(c[1:] if c is not None else None for c in coefficients)
-            self.columns[3] = torch.cat([nan[:1], _history_coefficients(tail, lam[:-2], None)])
+            columns[3] = torch.cat([nan[:1], _history_coefficients(tail, lam[:-2], None)])
         if n > 2 and order == 3:  # step i >= 2 after the points i - 1 and i - 2: (a_0, a_1) of (3M)
             tail = tuple(c[2:] if c is not None else None for c in coefficients)
             a0, a1 = _history_coefficients(tail, lam[1:-2], lam[:-3])
-            self.columns[4], self.columns[5] = torch.cat([nan[:2], a0]), torch.cat([nan[:2], a1])
-        self.typed = {torch.float64: self.columns}
+            columns[4], columns[5] = torch.cat([nan[:2], a0]), torch.cat([nan[:2], a1])
+        self.typed = {torch.float64: columns}
 
     def step(self, i: int):
         """Step i's coefficients (:func:`_step_coefficients`), one-element views."""
-        row = self.recent.get(i)
-        if row is None:
-            row = tuple(c[i] if c is not None else None for c in self.coefficients)
-            self.recent = {k: v for k, v in self.recent.items() if i - 3 < k < i + 3}
-            self.recent[i] = row
-        return row
+        return tuple(c[i] if c is not None else None for c in self.coefficients)
 
-    def history(self, i: int, lams: tuple):
-        """The history terms of step i when ``lams`` are the lambdas of the grid's points before it."""
-        if i >= 1 and lams[-1] is self.recent.get(i - 1, (None,) * 8)[7]:
-            if len(lams) == 1:
-                return self.columns[3][i]
-            if i >= 2 and lams[-2] is self.recent.get(i - 2, (None,) * 8)[7]:
-                return self.columns[4][i], self.columns[5][i]
-        return None
-
-    def update(self, i: int, dtype):
-        """Step i's (cx, c0, std, c_2, a_0, a_1) as one-element tensors of ``dtype`` (None for a
-        term the table was not made for)."""
+    def own(self, i: int, k: int, dtype):
+        """Step i's (cx, c0, std, history terms) for a step of order k after the grid's own k - 1
+        previous points (history terms: None for k = 1, c_2 for k = 2, (a_0, a_1) for k = 3),
+        one-element tensors of ``dtype``; std None for the ODE."""
         cols = self.typed.get(dtype)
         if cols is None:
-            cols = self.typed[dtype] = [c.to(dtype) if c is not None else None for c in self.columns]
-        return tuple(c[i] if c is not None else None for c in cols)
+            cols = self.typed[dtype] = [c.to(dtype) if c is not None else None for c in self.typed[torch.float64]]
+        std = cols[2][i] if cols[2] is not None else None
+        hist = None if k == 1 else cols[3][i] if k == 2 else (cols[4][i], cols[5][i])
+        return cols[0][i], cols[1][i], std, hist
+
+
+class _GridMark(NamedTuple):
+    """The end of a multistep step on a grid's table: the next step is step ``index`` of
+    ``table``'s grid, and the last ``own`` points of the history are that grid's points
+    index - 1, index - 2, ... (a history handed over from elsewhere, as by Restart, has fewer)."""
+
+    table: _GridTable
+    index: int
+    own: int
 
 
 def _add_scaled(y, c, v):
@@ -234,32 +234,33 @@ class DPMSolverPP(DiffusionSolver):
         if not self.multistep:
             return self._step_2s(eq, t0, t1, y0, at)
         lams, outs, end = state
+        x, i, own = y0, at.index, -1
         if at.grid is not None and not t0.requires_grad:  # times that carry a gradient: per step
             # a fixed grid's coefficients, computed for the whole grid at its first step (as
             # diffusers' schedulers do), in place of some thirty operations on one-element tensors
-            # per step; ``end`` holds them (t0 = grid[i], t1 = grid[i + 1])
-            if not (isinstance(end, _GridTable) and end.grid is at.grid):
-                end = _GridTable(eq.process, at.grid, self.sde, self.order)
-            c = end.step(at.index)
-            new_end = end
+            # per step; ``end`` marks the step and how much of the history is the grid's own
+            mark = end if (isinstance(end, _GridMark) and end.table.grid is at.grid) else None
+            table = mark.table if mark is not None else _GridTable(eq.process, at.grid, self.sde, self.order)
+            own = mark.own if (mark is not None and mark.index == i) else 0
+            new_end = _GridMark(table, i + 1, min(own + 1, 2))
+            lam0, c = table.lam[i], None
         else:
             p = eq.process
             a = LogSNRPoint(*end) if (isinstance(end, tuple) and end[0] is t0) else point(p, t0)
             b = point(p, t1)
             c = _step_coefficients(a, b, self.sde)
             new_end = (b.t, b.alpha, b.sigma, b.lam)
-        x = y0
+            lam0 = c[7]
         d0 = eq.denoised(t0, x)
         k = multistep_order(self.order, len(outs), at, self.lower_order_final, LOWER_ORDER_FINAL_BELOW)
-        cx, c0, std = c[0], c[1], c[2]
-        hist = None
-        if k > 1:
-            hist = end.history(at.index, lams[-(k - 1):]) if isinstance(new_end, _GridTable) else None
-            if hist is None:
-                hist = _history_coefficients(c, lams[-1], lams[-2] if k == 3 else None)
-            elif x.dtype == torch.float32 and x.device.type == "cpu":  # the grid's own history
-                cx, c0, std, c2, a0, a1 = new_end.update(at.index, x.dtype)
-                hist = c2 if k == 2 else (a0, a1)
+        if own >= k - 1:  # on the grid after its own points: every term from the table
+            dtype = torch.float32 if (x.dtype == torch.float32 and x.device.type == "cpu") else torch.float64
+            cx, c0, std, hist = table.own(i, k, dtype)
+        else:
+            if c is None:
+                c = table.step(i)
+            cx, c0, std = c[0], c[1], c[2]
+            hist = _history_coefficients(c, lams[-1], lams[-2] if k == 3 else None) if k > 1 else None
         y = _add_scaled(per_sample(cx, x) * x, c0, d0)
         if k == 2:
             y = _add_scaled(y, hist, d0 - outs[-1])
@@ -269,7 +270,7 @@ class DPMSolverPP(DiffusionSolver):
         if self.sde:
             y = _add_scaled(y, std, noise.normal(x, 0))
         keep = self.order - 1
-        history = ((lams + (c[7],))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
+        history = ((lams + (lam0,))[-keep:], (outs + (d0,))[-keep:]) if keep else ((), ())
         return Step(y, None, history + (new_end,))
 
     def _step_2s(self, eq, t0, t1, y0, at):

@@ -57,7 +57,6 @@ and k-diffusion do not lower the order); the diffusers oracle switches it on.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import torch
 
@@ -140,7 +139,7 @@ class _Adams(DiffusionSolver):
         a, b = point(p, t0), point(p, t1)
         e = self._first_eps(eq, a, y0) if at.index == 0 else eq.eps(t0, y0)
         low = at.ends_low and not self._to_zero_ok  # full order into rho = 0 where the weights stay finite
-        k = multistep_order(self._points, len(hist_e), replace(at, ends_low=low), self.lower_order_final,
+        k = multistep_order(self._points, len(hist_e), at._replace(ends_low=low), self.lower_order_final,
                             LOWER_ORDER_FINAL_BELOW)
         va = self.node(a)
         eps = [e] + list(reversed(hist_e))[: k - 1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import tableaus
-from .base import CONTROLLED, Solver, Step, linear_step_table, per_sample, table_row
+from .base import CONTROLLED, Solver, Step, linear_step_table, per_sample
 from .tableaus import ButcherTableau
 from ..kernels import affine_noise_step
 from ..tensors import shared_time
@@ -85,10 +85,10 @@ class Euler(RungeKutta):
         return linear_step_table(eq, noise=False)
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        row = table_row(state, t0, t1, y0, "Euler")
+        row = None if state is None else state.row(at, t0, y0)
         if row is None:
             return Step(super().step(eq, t0, t1, y0, None, noise, at).y, state=state)
-        return Step(affine_noise_step(y0, row[0], eq.score_at(t0, y0), row[1]), state=state)
+        return Step(state.update(y0, row, eq.score_at(t0, y0), None), state=state)
 
 
 class Heun(RungeKutta):

@@ -30,8 +30,8 @@ import torch
 from ..equations import DiffusionEquation
 from ..kernels import affine_noise_step, em_step
 from ..noise import kernel_noise
-from ..tensors import StepTable, shared_time
-from .base import CONTROLLED, Solver, Step, linear_step_table, table_row
+from ..tensors import shared_time
+from .base import CONTROLLED, AffineSteps, Solver, Step, linear_step_table
 from .exponential import ancestral, point
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "normal_for", "diffusion_argument"]
@@ -87,10 +87,9 @@ class EulerMaruyama(Solver):
         return linear_step_table(eq, noise=True)
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        row = table_row(state, t0, t1, y0, "EulerMaruyama")
+        row = None if state is None else state.row(at, t0, y0)
         if row is not None:  # dx = (f x + c s) dt + g dW: x1 = (1 + f h) x + c h s + g sqrt|h| z
-            s = eq.score_at(t0, y0)
-            return Step(affine_noise_step(y0, row[0], s, row[1], row[2], **kernel_noise(noise, y0, 0)), state=state)
+            return Step(state.update(y0, row, eq.score_at(t0, y0), noise), state=state)
         f = eq.drift(t0, y0)
         g = diffusion_argument(eq.diffusion(t0, y0), y0)
         # the plan's step on a CPU state (a CUDA kernel reads its coefficients from the device)
@@ -104,8 +103,8 @@ class EulerMaruyama(Solver):
 
 class ReverseDiffusion(Solver):
     """score_sde's reverse-diffusion predictor, for any process (see module docstring). On a fixed
-    grid the coefficients of every step are computed at once, before the first step
-    (:class:`sdesolve.tensors.StepTable`, the state)."""
+    grid the coefficients of every step are computed at once, at the first step
+    (:class:`~sdesolve.solvers.base.AffineSteps`, the state)."""
 
     order = 0.5
     weak_order = 1.0
@@ -113,11 +112,13 @@ class ReverseDiffusion(Solver):
     equation = DiffusionEquation
 
     def init(self, eq, t0, y0):
-        return StepTable(functools.partial(_update, eq.process))
+        return AffineSteps(functools.partial(_update, eq.process))
 
     def step(self, eq, t0, t1, y0, state, noise, at=CONTROLLED):
-        row = table_row(state, t0, t1, y0, "ReverseDiffusion")
-        cx, cs, std = row if row is not None else _update(eq.process, t0, t1)
+        row = None if state is None else state.row(at, t0, y0)
+        if row is not None:
+            return Step(state.update(y0, row, eq.score_at(t0, y0), noise), state=state)
+        cx, cs, std = _update(eq.process, t0, t1)
         s = eq.score_at(t0, y0)
         return Step(affine_noise_step(y0, cx, s, cs, std, **kernel_noise(noise, y0, 0)), state=state)
 
