@@ -126,13 +126,13 @@ class Noise:
         return Noise(self.stream[idx], self.step[idx])
 
     def normal(self, like: torch.Tensor, draw: int = 0) -> torch.Tensor:
-        if like.shape[0] != len(self):
-            raise ValueError(f"noise for {len(self)} samples asked for a batch of {like.shape[0]}")
-        n = math.prod(like.shape[1:])
         stream, step = self.stream, self._step  # an int step stays one (no per-sample tensor)
-        if stream.device != like.device:
+        shape = like.shape
+        if shape[0] != stream.shape[0]:
+            raise ValueError(f"noise for {len(self)} samples asked for a batch of {shape[0]}")
+        if stream.get_device() != like.get_device():
             stream, step = stream.to(like.device), self.step.to(like.device)
-        z = normal_from_counters(stream, step, draw, n).reshape(like.shape)
+        z = normal_from_counters(stream, step, draw, math.prod(shape[1:])).view(shape)
         return z if z.dtype == like.dtype else z.to(like.dtype)
 
     def increments(self, like: torch.Tensor, dt: torch.Tensor, draw: int = 0):
