@@ -103,6 +103,18 @@ def test_fixed_grid_affine_steps_equal_the_kernel_reference_bit_for_bit(solver, 
     assert plain.dtype == dtype and torch.equal(plain, checked)
 
 
+@pytest.mark.parametrize("solver", [sds.Euler(), sds.EulerMaruyama(), sds.ReverseDiffusion()], ids=repr)
+def test_fixed_grid_affine_steps_keep_the_state_dtype_for_a_model_of_another(solver):
+    """A score in float64 for a float32 state: the state stays float32, as on the kernel path."""
+    p = sds.VPSDE()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    wide = lambda x, t: GM.score_at(x.double(), t, p)  # noqa: E731
+    y = sds.sample(p, wide, solver, x_T=x, steps=10, seed=1).y
+    same = sds.sample(p, GM.score(p), solver, x_T=x, steps=10, seed=1).y
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, same, rtol=1e-5, atol=1e-5)
+
+
 def test_euler_maruyama_on_a_general_sde_calls_em_step_with_the_noise(monkeypatch):
     calls = []
     _spy(monkeypatch, sde_module, "em_step", calls)

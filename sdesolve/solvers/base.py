@@ -212,8 +212,9 @@ class AffineSteps:
 
     def update(self, x: torch.Tensor, row, s: torch.Tensor, noise) -> torch.Tensor:
         """x1 = a x + b s (+ c z) with the ``row`` of this step, z drawn from ``noise`` (draw 0)."""
+        plain = self.plain and s.dtype is x.dtype  # else the checked path converts s to x's compute dtype
         if len(row) == 2:
-            return held_affine_step(x, row[0], s, row[1]) if self.plain else affine_noise_step(x, row[0], s, row[1])
-        if self.plain and noise is not None:
+            return held_affine_step(x, row[0], s, row[1]) if plain else affine_noise_step(x, row[0], s, row[1])
+        if plain and noise is not None:
             return held_affine_step(x, row[0], s, row[1], row[2], noise.normal(x, 0))
         return affine_noise_step(x, row[0], s, row[1], row[2], **kernel_noise(noise, x, 0))
