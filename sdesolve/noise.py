@@ -130,7 +130,7 @@ class Noise:
         shape = like.shape
         if shape[0] != stream.shape[0]:
             raise ValueError(f"noise for {len(self)} samples asked for a batch of {shape[0]}")
-        if stream.is_cpu != like.is_cpu or stream.get_device() != like.get_device():
+        if stream.device != like.device:
             stream, step = stream.to(like.device), self.step.to(like.device)
         z = normal_from_counters(stream, step, draw, math.prod(shape[1:])).view(shape)
         return z if z.dtype == like.dtype else z.to(like.dtype)

@@ -32,9 +32,10 @@ class Position(NamedTuple):
     (None under step-size control); grid: that grid (float64, on the host), or None, whose points
     ``index`` and ``index + 1`` are the step's t0 and t1 (a step may read its times there); ends_low:
     the step ends where the model is not evaluated (sigma(t1) = 0 or t1 < t_min); lengths: the
-    grid's step lengths grid[1:] - grid[:-1] (shared by the positions of a grid; None with no
-    grid). The grid and its lengths carry no gradient: a step whose times do computes from its
-    times. Immutable (a named tuple: ``at._replace(ends_low=...)`` for a changed copy)."""
+    grid's step lengths grid[1:] - grid[:-1] (shared by the positions of a grid, so that making a
+    position costs no tensor operation), or this step's own t1 - t0 as a one-element tensor, or
+    None with no grid. The grid and its lengths carry no gradient: a step whose times do computes
+    from its times. Immutable (a named tuple: ``at._replace(ends_low=...)`` for a changed copy)."""
 
     index: int = 0
     steps: int | None = None
@@ -46,7 +47,10 @@ class Position(NamedTuple):
     def h(self) -> torch.Tensor | None:
         """t1 - t0 as a one-element view of the grid's lengths (None with no grid): a number in
         arithmetic with a state that costs the step no operation."""
-        return None if self.lengths is None else self.lengths[self.index]
+        lengths = self.lengths
+        if lengths is None or lengths.dim() == 0:
+            return lengths
+        return lengths[self.index]
 
     @property
     def last(self) -> bool:

@@ -44,6 +44,15 @@ def test_point_table_matches_per_call_values_and_follows_its_grid():
     assert table.lookup(other.clone().requires_grad_()[1].expand(2)) is None  # times with a gradient
 
 
+def test_a_position_given_its_own_step_length_reads_it_back():
+    grid = torch.tensor([1.0, 0.7, 0.2], dtype=torch.float64)
+    own = sds.Position(1, 2, grid, False, grid[2] - grid[1])
+    assert float(own.h) == float(grid[2] - grid[1]) and own.last
+    shared = plan_times(None, schedule=grid).positions[1]
+    assert float(shared.h) == float(own.h) and shared._replace(ends_low=True).ends_low
+    assert sds.Position().h is None
+
+
 def test_affine_steps_read_the_row_of_the_position_on_its_grid():
     calls = []
 

@@ -176,9 +176,11 @@ class AffineSteps:
     others :func:`~sdesolve.kernels.affine_noise_step` (its checks and dispatch) with the row.
 
     Made per solve (the solver's state, from ``init``). Only host grids that carry no gradient
-    are tabulated (as by :class:`sdesolve.tensors.PointTable`); ``row`` is None for any other step (no
-    grid, a grid with a gradient or on a device, a state of another dtype), where the solver
-    computes its coefficients per call."""
+    are tabulated (as by :class:`sdesolve.tensors.PointTable`), for CPU states: ``row`` is None for
+    any other step (no grid, a grid with a gradient or on a device, times with a gradient, a CUDA
+    state), where the solver computes its coefficients per call; a state of another dtype than the
+    table's, or a position on another grid, has the table made again. A step reads its row by the
+    position alone: whoever hands a step a position with a grid hands it that grid's times."""
 
     __slots__ = ("fn", "grid", "dtype", "columns", "plain")
 

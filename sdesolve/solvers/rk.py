@@ -78,7 +78,7 @@ class Euler(RungeKutta):
     """Forward Euler, order 1: y1 = y0 + h f(t0, y0). On a fixed host grid, for an equation linear
     in the score (:meth:`~sdesolve.Equation.score_linear`: the probability-flow ODE of a
     diffusion, f x + c s), the step y1 = (1 + f h) y0 + c h s with the coefficients of every step
-    computed at once (one fused update, :func:`sdesolve.kernels.affine_noise_step`)."""
+    computed at once (one affine update, :class:`~sdesolve.solvers.base.AffineSteps`)."""
     tableau = tableaus.EULER
 
     def init(self, eq, t0, y0):

@@ -77,7 +77,7 @@ class EulerMaruyama(Solver):
     one normal per sample. One fused update (:func:`sdesolve.kernels.em_step`); on a fixed host
     grid, for an equation linear in the score (:meth:`~sdesolve.Equation.score_linear`: the reverse
     SDE of a diffusion), the update x1 = (1 + f h) x + c h s + g sqrt|h| z with the coefficients of
-    every step computed at once (:func:`sdesolve.kernels.affine_noise_step`)."""
+    every step computed at once (one affine update, :class:`~sdesolve.solvers.base.AffineSteps`)."""
 
     order = 0.5
     weak_order = 1.0
