@@ -66,7 +66,6 @@ from .errors import MaxStepsError, NonFiniteError, StepSizeError, _fmt
 from .kernels import kernel_mode
 from .noise import PRIOR_STEP, Noise
 from .solution import Solution, Stats
-from .tensors import per_sample
 from .timeplan import CONTROLLED, TimePlan, plan_times
 from .validation import check_interval, check_sample_args, check_seed
 
@@ -125,7 +124,7 @@ class GridRun:
         B = y0.shape[0]
         self.eq, self.plan, self.noise = eq, plan, noise
         grid = plan.grid.to(y0.device)
-        self.grid, self.batch = grid, B
+        self.grid = grid
         # row i: grid point i for the batch, a view with stride 0 (sdesolve.tensors.grid_point)
         self.times = grid.as_strided((grid.shape[0], B), (grid.stride(0), 0))
         self.t = self.times[0]  # the next step's start: the last step's end, the same tensor

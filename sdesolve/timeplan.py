@@ -45,8 +45,8 @@ class Position(NamedTuple):
 
     @property
     def h(self) -> torch.Tensor | None:
-        """t1 - t0 as a one-element view of the grid's lengths (None with no grid): a number in
-        arithmetic with a state that costs the step no operation."""
+        """t1 - t0 as a one-element view of the grid's lengths (or the step's own length; None with
+        no grid): a number in arithmetic with a state that costs the step no operation."""
         lengths = self.lengths
         if lengths is None or lengths.dim() == 0:
             return lengths
@@ -153,7 +153,6 @@ def plan_times(process, t0=None, t1=None, *, steps: int | None = None, schedule=
             t1 = process.t_min if t1 is None else t1
         grid = validate(torch.linspace(float(t0), float(t1), steps + 1, dtype=torch.float64), within)
     grid = grid.detach().cpu() if not grid.requires_grad else grid.cpu()
-    n = grid.numel() - 1
     host = grid.detach()
     low = process is not None and ends_low(process, float(host[-1]))
     return TimePlan(float(host[0]), float(host[-1]), grid, Positions(host, low))

@@ -10,12 +10,9 @@ as its first stage.
 """
 from __future__ import annotations
 
-import torch
-
 from . import tableaus
 from .base import CONTROLLED, Solver, Step, linear_step_table, per_sample
 from .tableaus import ButcherTableau
-from ..kernels import affine_noise_step
 from ..tensors import shared_time
 
 __all__ = ["RungeKutta", "Euler", "Heun", "Midpoint", "RK4"]

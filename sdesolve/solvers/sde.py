@@ -100,7 +100,6 @@ class EulerMaruyama(Solver):
         return Step(em_step(y0, f, g, dt, **kernel_noise(noise, y0, 0)), state=state)
 
 
-
 class ReverseDiffusion(Solver):
     """score_sde's reverse-diffusion predictor, for any process (see module docstring). On a fixed
     grid the coefficients of every step are computed at once, at the first step
