@@ -3,15 +3,24 @@ k-diffusion's and diffusers' samplers on their own default grids, same model, sa
 paired bootstrap intervals over the sample indices.
 
     python benchmarks/few_step.py --problem ring8|gmm8d|digits [--checkpoint DIR] --n 2000 \
-        --nfe 5,6,8,10 --out benchmarks/results/few_step/PROBLEM.json [--samples FILE.npz]
+        --nfe 5,6,8,10 --out benchmarks/results/few_step/PROBLEM.json [--samples FILE.npz] \
+        [--defaults] [--optimized dp,learned] [--primary energy]
+
+``--defaults``: sdesolve's solvers on their own default grids only (the ODE and the stochastic
+ones), the counterparts and the peers, the rows of the lead (``benchmarks/results/few_step/LEAD.md``);
+without it, every candidate grid of every solver (the choice of the defaults, ``REPORT.md``).
+``--optimized``: rows of UniPC(3), DPM-Solver++(2M) and iPNDM(4) on grids that
+``sds.schedules.optimize`` fits to this model, solver and NFE on calibration seeds (not the
+evaluation seed), with the optimization's seconds.
 
 Every row samples the same n samples: x_T[i] from stream (seed, i) (``initial_noise``), and
 stochastic rows their step noise from the same streams. A row's number of steps is the largest
 whose model evaluations fit the NFE budget (dry runs, as ``sdesolve bench`` does). Quality: the
 problem's primary metric (mixtures: sliced Wasserstein-2 to 10000 exact samples of p_{t_min};
-digits: Fréchet distance in the digits classifier's features to the held-out split); on the
-mixtures the energy distance is kept beside it, a proper metric that mode proportions alone do not
-dominate. Intervals
+digits: Fréchet distance in the digits classifier's features to the held-out split), or the one
+``--primary`` names; on the mixtures the energy distance (to 2000 of the exact samples) is kept
+beside SW, and ``--primary energy`` ranks by it and keeps SW beside: a proper metric whose paired
+differences are far tighter than SW's, which mode proportions dominate. Intervals
 (benchmarks/few_step_report.py, from the samples kept in an .npz): B bootstrap resamples of the
 sample indices, the same resamples for every row (paired), 95% percentile intervals of each row's
 metric and of the differences that the tables report.
@@ -71,6 +80,37 @@ def ours(small=False):
     return out
 
 
+def defaults():
+    """(label, solver, grid name): sdesolve's solvers on their own default grids (the ODE ones and
+    the stochastic ones), and the counterparts on their peers' grids."""
+    from few_step_report import grid_name
+    solvers = [("IPNDM(4)", sds.IPNDM(4)), ("DEIS(3)", sds.DEIS(3)), ("UniPC(3)", sds.UniPC(3)),
+               ("UniPC(2)", sds.UniPC(2)), ("DPMSolverPP(3)", sds.DPMSolverPP(3)), ("DPMSolverPP(2)", sds.DPMSolverPP(2)),
+               ("SASolver(tau=0)", sds.SASolver(tau=0.0)), ("SASolver", sds.SASolver()),
+               ("DPMSolverPP(2, sde)", sds.DPMSolverPP(2, sde=True)), ("DPMSolverPP3MSDE", sds.DPMSolverPP3MSDE())]
+    rows = [(lab, s, grid_name(type(s).default_schedule)) for lab, s in solvers]
+    return rows + [r for r in ours(small=True) if (r[0], r[2]) in COUNTERPART_ROWS]
+
+
+COUNTERPART_ROWS = {("DPMSolverPP(2)", "karras7->0"), ("LMS(4)", "karras7->0"), ("EDMHeun", "karras7->0"),
+                    ("UniPC(2)", "linspace_timesteps")}
+
+
+OPTIMIZED = {"UniPC(3)": lambda: sds.UniPC(3), "DPMSolverPP(2)": lambda: sds.DPMSolverPP(2),
+             "IPNDM(4)": lambda: sds.IPNDM(4)}
+
+
+def optimized_grid(prob, solver, steps, method, calibration_n):
+    """A grid fitted by ``sds.schedules.optimize`` on calibration seeds (not the evaluation seed),
+    and the seconds it took."""
+    from sdesolve import grid_optimization as go
+    dtype = torch.float32 if prob.model is not None else torch.float64
+    model_id = (go.model_digest(prob.model) + ":ema") if prob.model is not None else f"gmm:{prob.name}"
+    opt = sds.schedules.optimize(prob.process, prob.score, solver, steps, method=method, n=calibration_n,
+                                 shape=tuple(prob.sample_shape), dtype=dtype, model_id=model_id)
+    return opt.grid, opt.record["seconds"], opt.record.get("seed")
+
+
 def extra():
     """The grid choice for the other new samplers (no peers, no counterparts)."""
     rows = []
@@ -106,20 +146,23 @@ class Metrics:
     proportions dominate). ``prepare`` maps data-space samples to the representation once;
     ``__call__(rep, counts)`` gives {name: (B,) values} under bootstrap counts (B, n)."""
 
-    def __init__(self, quality):
+    def __init__(self, quality, primary=None):
         self.q = quality
-        keep = [quality.primary] + [k for k in ("energy",) if k in quality.names and k != quality.primary]
+        self.primary = primary or quality.primary
+        if self.primary not in quality.names:
+            raise ValueError(f"metric {self.primary!r} is not one of this problem's: {', '.join(quality.names)}")
+        keep = [self.primary] + [k for k in (quality.primary, "energy") if k in quality.names and k != self.primary]
         self.metrics = [m for m in quality.metrics if m.name in keep]
-        self.primary = quality.primary
 
     def prepare(self, x):
         return self.q.prepare(x)
 
-    def __call__(self, rep, counts=None):
+    def __call__(self, rep, counts=None, names=None):
         w = torch.ones(1, rep.shape[0], dtype=torch.float64) if counts is None else counts
+        ms = [m for m in self.metrics if names is None or m.name in names]
         if not torch.isfinite(rep).all():
-            return {m.name: torch.full((w.shape[0],), float("nan"), dtype=torch.float64) for m in self.metrics}
-        return {m.name: m.evaluate(rep, w) for m in self.metrics}
+            return {m.name: torch.full((w.shape[0],), float("nan"), dtype=torch.float64) for m in ms}
+        return {m.name: m.evaluate(rep, w) for m in ms}
 
 
 def count_nfe(sampler, process, grid, steps):
@@ -143,6 +186,14 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--small", action="store_true", help="the smaller set of rows (for the digits model)")
     ap.add_argument("--extra", action="store_true", help="only the grid choice of the other new samplers")
+    ap.add_argument("--defaults", action="store_true", help="sdesolve's solvers on their default grids only "
+                    "(with the stochastic ones), the counterparts and the peers")
+    ap.add_argument("--optimized", default="", help="comma-separated methods (dp, learned): rows of "
+                    f"{', '.join(OPTIMIZED)} on grids optimized for this model, solver and NFE on calibration seeds")
+    ap.add_argument("--calibration-n", type=int, default=64)
+    ap.add_argument("--optimized-nfe", default="5,10", help="the NFE budgets of the optimized rows")
+    ap.add_argument("--primary", default=None, help="the metric that ranks the rows (default: the problem's primary; "
+                    "mixtures: energy, the proper metric, or sw)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -151,7 +202,7 @@ def main(argv=None):
     else:
         mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[args.problem]()
         prob = problems.mixture_problem(mix, name=args.problem)
-    metric = Metrics(prob.quality)
+    metric = Metrics(prob.quality, args.primary)
     nfes = [int(v) for v in args.nfe.split(",")]
     shape = tuple(prob.sample_shape)
     rows = [(lab, s, g, False) for lab, s, g in ours(args.small)] + [(p.label, p, None, True) for p in peers(args.small)]
@@ -159,6 +210,9 @@ def main(argv=None):
     rows = rows[:-4 - k] + rows[-k:] + rows[-4 - k:-k]  # the counterparts last
     if args.extra:
         rows = [(lab, s, g, False) for lab, s, g in extra()]
+    if args.defaults:
+        rows = [(lab, s, g, False) for lab, s, g in defaults()] + [(p.label, p, None, True) for p in peers(args.small)]
+    rows = [(lab, make(), m, False) for m in filter(None, args.optimized.split(",")) for lab, make in OPTIMIZED.items()] + rows
     n = args.n
     out_rows, samples = [], {}
     floor = prob.quality.floor(n)  # 8 sets of n exact samples (digits: real training images)
@@ -169,7 +223,8 @@ def main(argv=None):
         spath = Path(args.samples) if args.samples else out.with_suffix(".samples.npz")
         spath.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(spath, **samples)
-        res = {"problem": args.problem, "metric": prob.quality.primary, "label": prob.quality.label, "n": n,
+        label = next(m.label for m in prob.quality.metrics if m.name == metric.primary)
+        res = {"problem": args.problem, "metric": metric.primary, "label": label, "n": n,
                "seed": args.seed, "floor": floor, "rows": out_rows, "samples": str(spath), "checkpoint": args.checkpoint,
                "command": " ".join(["python", "benchmarks/few_step.py"] + (argv or sys.argv[1:])),
                "environment": environment(torch.device("cpu"))}
@@ -185,14 +240,24 @@ def main(argv=None):
             except P.PeerUnavailable as e:
                 print("skip", lab, e, flush=True)
                 continue
-        grid = GRIDS[gname] if gname else None
+        grid = GRIDS.get(gname) if gname else None
         cache = {}
         for budget in nfes:
-            try:
-                steps, nfe = fit_steps(lambda k: count_nfe(s, prob.process, grid, k), budget, cache)
-            except ValueError as e:
-                print("skip", lab, budget, e, flush=True)
-                continue
+            extra_info = {}
+            if gname in ("dp", "learned"):
+                if budget not in [int(v) for v in args.optimized_nfe.split(",")]:
+                    continue
+                steps = budget // s.nfe_per_step
+                grid, secs, cseed = optimized_grid(prob, s, steps, gname, args.calibration_n)
+                nfe = count_nfe(s, prob.process, grid, steps)
+                extra_info = {"optimization_seconds": secs, "calibration_seed": cseed, "calibration_n": args.calibration_n,
+                              "grid_times": [float(t) for t in grid]}
+            else:
+                try:
+                    steps, nfe = fit_steps(lambda k: count_nfe(s, prob.process, grid, k), budget, cache)
+                except ValueError as e:
+                    print("skip", lab, budget, e, flush=True)
+                    continue
             if nfe > budget:
                 continue
             ys, t0 = [], time.time()
@@ -213,7 +278,7 @@ def main(argv=None):
             out_rows.append({"sampler": lab, "grid": gname or "peer default", "peer": is_peer,
                              "library": s.library if is_peer else "sdesolve", "nfe_budget": budget, "nfe": nfe,
                              "steps": steps, "metric": val, "metrics": vals, "sample_key": f"row{len(out_rows)}",
-                             "solver": repr(s), "seconds": time.time() - t0})
+                             "solver": repr(s), "seconds": time.time() - t0, **extra_info})
             print(f"{lab:38s} {gname or 'peer default':20s} NFE {nfe:2d} steps {steps:2d}  {val:.5g}  "
                   f"[{time.time() - start:.0f}s]", flush=True)
         write()  # after every row: a killed run keeps what it measured

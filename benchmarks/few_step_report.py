@@ -29,6 +29,7 @@ DEFAULT_GRID = {
     "DPMSolverPP(3)": sds.DPMSolverPP.default_schedule, "DPMSolverPP(2)": sds.DPMSolverPP.default_schedule,
     "LMS(4)": sds.LMS.default_schedule, "EDMHeun": sds.EDMHeun.default_schedule,
     "SASolver(tau=0)": sds.SASolver.default_schedule, "SASolver": sds.SASolver.default_schedule,
+    "DPMSolverPP(2, sde)": sds.DPMSolverPP.default_schedule,
     "DPMSolverPP3MSDE": sds.DPMSolverPP3MSDE.default_schedule, "DPMSolverPPSDE": sds.DPMSolverPPSDE.default_schedule,
 }
 COUNTERPARTS = [("EDMHeun", "karras7->0", "k-diffusion heun (to 0)"),
@@ -70,18 +71,19 @@ class Boot:
         else:
             mix = {"ring8": problems.ring8, "gmm8d": problems.gmm8d}[res["problem"]]()
             prob = problems.mixture_problem(mix)
-        self.metric = few_step.Metrics(prob.quality)
+        self.metric = few_step.Metrics(prob.quality, res["metric"])
         self.samples = np.load(res["samples"])
         idx = torch.randint(0, res["n"], (B, res["n"]), generator=torch.Generator().manual_seed(12345))
         self.counts = torch.stack([torch.bincount(i, minlength=res["n"]) for i in idx]).double()
-        self.cache = {}
+        self.reps, self.cache = {}, {}
 
     def __call__(self, row, name=None):
-        k = row["sample_key"]
-        if k not in self.cache:
-            rep = self.metric.prepare(torch.from_numpy(self.samples[k]))
-            self.cache[k] = self.metric(rep, self.counts)
-        return self.cache[k][name or self.metric.primary].tolist()
+        k, name = row["sample_key"], name or self.metric.primary
+        if (k, name) not in self.cache:
+            if k not in self.reps:
+                self.reps[k] = self.metric.prepare(torch.from_numpy(self.samples[k]))
+            self.cache[k, name] = self.metric(self.reps[k], self.counts, [name])[name]
+        return self.cache[k, name].tolist()
 
 
 def _diff_cell(boot, a, b, name) -> str:
@@ -124,6 +126,27 @@ def report(res, B) -> str:
                    f"[{g(ci(b['boot'])[0])}, {g(ci(b['boot'])[1])}] | {g(a['metric'] - b['metric'], 3)} "
                    f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |"
                    + "".join(_diff_cell(boot, a, b, k) for k in second))
+    opt_rows = [r for r in rows if r["grid"] in ("dp", "learned")]
+    if opt_rows:
+        out += ["", "Grids optimized for this model, solver and NFE (`sds.schedules.optimize` on calibration seeds, "
+                "evaluated on the evaluation seed's samples): the best optimized row against the best peer row:", "",
+                "| NFE | best optimized row | metric [95%] | optimization s | best peer | metric | ours - peer [95%] | "
+                "excess reduction | resolved |" + "".join(f" {k}: ours - peer [95%] |" for k in second),
+                "|---|---|---|---|---|---|---|---|---|" + "---|" * len(second)]
+        for n in sorted({r["nfe_budget"] for r in opt_rows}):
+            mine = [r for r in opt_rows if r["nfe_budget"] == n]
+            theirs = [r for r in rows if r["nfe_budget"] == n and r["peer"]]
+            if not theirs:
+                continue
+            a = min(mine, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
+            b = min(theirs, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
+            lo, hi = ci([x - y for x, y in zip(bt(a), bt(b))])
+            red = 1 - (a["metric"] - floor) / (b["metric"] - floor) if b["metric"] > floor else float("nan")
+            out.append(f"| {n} | {a['sampler']} {a['grid']} (NFE {a['nfe']}) | {g(a['metric'])} "
+                       f"[{g(ci(a['boot'])[0])}, {g(ci(a['boot'])[1])}] | {a.get('optimization_seconds', float('nan')):.1f} | "
+                       f"{b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} | {g(a['metric'] - b['metric'], 3)} "
+                       f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |"
+                       + "".join(_diff_cell(boot, a, b, k) for k in second))
     out += ["", "Counterparts on the peer's default grid (ours - peer):", "",
             "| NFE | sdesolve row | peer | ours | peer | ours - peer [95%] |", "|---|---|---|---|---|---|"]
     for lab, grid, peer in COUNTERPARTS:

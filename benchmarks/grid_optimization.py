@@ -43,7 +43,7 @@ from sdesolve.bench.runner import cpu_name, initial_noise
 
 HAND = {"logsnr": sds.schedules.logsnr, "karras": sds.schedules.karras(7.0), "uniform": sds.schedules.uniform,
         "quadratic": sds.schedules.quadratic, "time_uniform2": sds.schedules.time_uniform(2.0)}
-LOSSES = {"mse": go.MeanSquared, "frechet": go.Frechet}
+LOSSES = {"mse": go.MeanSquared, "frechet": go.Frechet, "energy": go.Energy}
 SOLVERS = {"euler": sds.Euler, "dpmsolverpp": lambda: sds.DPMSolverPP(2), "unipc": lambda: sds.UniPC(2),
            "ddim": sds.DDIM, "heun": sds.Heun, "ipndm": lambda: sds.IPNDM(4), "deis": lambda: sds.DEIS(3)}
 
@@ -53,12 +53,15 @@ class QualityMetric:
     samples for the mixtures, FD in the digits classifier's features for digits), evaluated on a
     representation computed once per row; a bootstrap resample is a vector of counts."""
 
-    def __init__(self, problem, n):
+    def __init__(self, problem, n, name=None):
         self.q = problem.quality
-        self.m = next(m for m in self.q.metrics if m.name == self.q.primary)
+        key = name or self.q.primary
+        if key not in self.q.names:
+            raise ValueError(f"--metric {key!r} is not one of this problem's metrics: {', '.join(self.q.names)}")
+        self.m = next(m for m in self.q.metrics if m.name == key)
         self.name = self.m.label or self.m.name
         fl = self.q.floor(n)
-        self.floor_value, self.floor_std = fl[self.q.primary], fl.get(self.q.primary + "_std", 0.0)
+        self.floor_value, self.floor_std = fl[key], fl.get(key + "_std", 0.0)
 
     def prepare(self, y):
         return self.q.prepare(y)
@@ -68,11 +71,17 @@ class QualityMetric:
         w = torch.ones(1, n, dtype=torch.float64) if idx is None else torch.bincount(idx, minlength=n).double()[None]
         return float(self.m.evaluate(rep, w)[0])
 
+    def resampled(self, rep, counts):
+        """The metric under each row of bootstrap counts (B, n)."""
+        return self.m.evaluate(rep, counts).tolist()
+
 
 def problem_represent(problem, args) -> dict:
     """--feature-loss: the digits classifier's features of the samples (in [-1, 1]) as the
     representation of the optimizers' losses (LD3 measures its loss in LPIPS features)."""
-    if not (args.feature_loss and problem.model is not None):
+    if problem.model is None:  # a mixture: the loss on the samples themselves
+        return {"loss": LOSSES[args.loss]()}
+    if not args.feature_loss:
         return {}
     from sdesolve.metrics.features import DigitsClassifierFeatures
     ex = DigitsClassifierFeatures()
@@ -106,11 +115,9 @@ def compare(metric, data, best, methods, floor, resamples, seed=0):
     g = torch.Generator().manual_seed(seed)
     keys = [best, "teacher", *methods]
     point = {k: metric(data[k]) for k in keys}
-    boot = {k: [] for k in keys}
-    for _ in range(resamples):
-        idx = torch.randint(0, n, (n,), generator=g)
-        for k in keys:
-            boot[k].append(metric(data[k], idx))
+    counts = torch.stack([torch.bincount(torch.randint(0, n, (n,), generator=g), minlength=n).double()
+                          for _ in range(resamples)])
+    boot = {k: metric.resampled(data[k], counts) for k in keys}
     red = lambda a, b, f: 1.0 - (a - f) / (b - f) if b > f else math.nan  # noqa: E731
     out = {"ci": {k: _ci(v, point[k]) for k, v in boot.items()}, "point": point, "methods": {}}
     for m in methods:
@@ -192,8 +199,9 @@ def markdown(results) -> str:
              f"Machine: {results['machine']}; torch {results['torch']}. Calibration: seed "
              f"{results['calibration_seed']}, {results['calibration_n']} samples ({results['calibration_n_digits']} for digits), "
              f"the last {100 * results.get('holdout', 0):.0f}% held out of the search to choose the grid (sdesolve.schedules.optimize's "
-             f"holdout); loss: " + (f"{results.get('loss', 'mse')} in the digits classifier's features for digits, per-sample "
-             "squared distance otherwise" if results.get("feature_loss") else "per-sample squared distance to the teacher")
+             f"holdout); loss: {LOSSES[results.get('loss', 'mse')].name} on the mixtures' samples, for digits "
+             + (f"{results.get('loss', 'mse')} in the digits classifier's features" if results.get("feature_loss")
+                else "the per-sample squared distance in pixels")
              + f"; evaluation: seed {results['seed']} "
              "(same x_T for every row). Intervals: 95% bootstrap over sample indices "
              f"({results['bootstrap']} resamples for the mixtures, {results.get('bootstrap_digits')} for digits; the same "
@@ -312,10 +320,13 @@ def main(argv=None):
     ap.add_argument("--feature-loss", action="store_true",
                     help="digits: measure the optimizers' losses in the digits classifier's features")
     ap.add_argument("--loss", choices=sorted(LOSSES), default="mse",
-                    help="with --feature-loss: the optimizers' end-to-end loss in the features (mse: per sample; "
-                         "frechet: the Fréchet distance to the teacher's samples over the batch)")
+                    help="the optimizers' end-to-end loss, on the samples for the mixtures and, with --feature-loss, "
+                         "in the features for digits (mse: per sample; frechet: the Fréchet distance to the teacher's "
+                         "samples over the batch; energy: their energy distance)")
     ap.add_argument("--holdout", type=float, default=0.5,
                     help="fraction of the calibration samples held out of the search to choose the grid")
+    ap.add_argument("--metric", default=None, help="the mixtures' metric (default: the problem's primary, SW; "
+                    "energy: the energy distance, a proper metric)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--distance-from", help="a results .json of this script: measure its grids' distance to the "
                     "teacher on the evaluation samples instead")
@@ -345,7 +356,7 @@ def main(argv=None):
             dtype, model_id = torch.float32, go.model_digest(problem.model) + ":ema"
         else:
             problem = mixture_problem({"ring8": ring8, "gmm8d": gmm8d}[pname](), pname)
-            metric = QualityMetric(problem, args.n)
+            metric = QualityMetric(problem, args.n, args.metric)
             methods = {"dp": go.DynamicProgramming(candidates=args.candidates),
                        "learned": go.Learned(iterations=args.iterations, lr=0.1)}
             dtype, model_id = torch.float64, f"gmm:{pname}"

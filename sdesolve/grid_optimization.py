@@ -48,7 +48,9 @@ the best hand grid on samples the search did not see. With ``holdout=0`` the sam
 on the whole calibration batch.
 
 Losses. :class:`MeanSquared` (default) is the per-sample distance to the teacher from the same
-x_T, as in GITS and LD3. :class:`Frechet` is the Fréchet distance between Gaussian fits of the
+x_T, as in GITS and LD3. :class:`Energy` is the energy distance between the solver's and the
+teacher's end states over the batch (for a distributional metric such as the energy distance on
+a mixture). :class:`Frechet` is the Fréchet distance between Gaussian fits of the
 solver's and the teacher's end states over the batch, in the representation (``represent``):
 for a distributional metric such as FD in a feature network it measures what the metric sees
 and not which sample each x_T lands on. The dynamic program's step costs stay per-sample (in the
@@ -89,7 +91,7 @@ import torch
 from .noise import PRIOR_STEP, Noise, streams
 from .scores import Score
 
-__all__ = ["optimize", "OptimizedGrid", "Teacher", "DynamicProgramming", "Learned", "MeanSquared", "Frechet",
+__all__ = ["optimize", "OptimizedGrid", "Teacher", "DynamicProgramming", "Learned", "MeanSquared", "Frechet", "Energy",
            "cheapest_path",
            "save_grid", "load_grid", "model_digest", "CALIBRATION_SEED", "clear_cache"]
 
@@ -164,6 +166,22 @@ class Frechet:
     dimension for a full-rank covariance."""
 
     name = "Fréchet distance to the teacher's end states over the batch"
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Distributional loss: the energy distance (Székely & Rizzo 2013) between {r(y_b)} and the
+    teacher's {r(y*_b)} over the batch,
+
+        L = 2 mean_{b,c} |r_b - r*_c| - mean_{b != c} |r_b - r_c| - mean_{b != c} |r*_b - r*_c|,
+
+    zero in expectation when the two laws are equal, and the quantity an energy-distance metric
+    measures against the teacher's distribution. Unlike :class:`Frechet` it sees more than two
+    moments (mode proportions and shapes of a mixture), and unlike :class:`MeanSquared` it does
+    not ask each sample to land where its own teacher trajectory does. Cost O(n^2 d) per
+    evaluation for a batch of n."""
+
+    name = "energy distance to the teacher's end states over the batch"
 
 
 @dataclass
@@ -368,6 +386,8 @@ class _Objective:
         self.loss, self.represent = loss, represent
         with torch.no_grad():
             self.t_rep = self._rep(target).detach()
+        if isinstance(loss, Energy):
+            self.t_within = _mean_pair_distance(self.t_rep)
         if isinstance(loss, Frechet):
             r = self.t_rep
             if r.shape[0] < 2:
@@ -387,6 +407,9 @@ class _Objective:
         r = self._rep(y)
         if isinstance(self.loss, MeanSquared):
             return (r - self.t_rep).pow(2).mean(1).mean()
+        if isinstance(self.loss, Energy):
+            cross = (r[:, None, :] - self.t_rep[None, :, :]).pow(2).sum(-1).clamp_min(1e-30).sqrt().mean()
+            return 2.0 * cross - _mean_pair_distance(r) - self.t_within
         mu = r.mean(0)
         rc = r - mu
         cov = rc.T @ rc / (r.shape[0] - 1)
@@ -394,6 +417,14 @@ class _Objective:
         ev = torch.linalg.eigvalsh(0.5 * (m + m.T))
         tr_sqrt = ev.clamp_min(1e-12).sqrt().sum()
         return (mu - self.mu_t).pow(2).sum() + cov.trace() + self.cov_t.trace() - 2.0 * tr_sqrt
+
+
+def _mean_pair_distance(r: torch.Tensor) -> torch.Tensor:
+    """mean_{b != c} |r_b - r_c|; squared distances are clamped at 1e-30 before the square root,
+    so that coinciding samples give a zero gradient rather than 0 / 0."""
+    n = r.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=r.device)
+    return (r[:, None, :] - r[None, :, :]).pow(2).sum(-1)[off].clamp_min(1e-30).sqrt().mean()
 
 
 def _end_loss(process, score, solver, x_T, grid, objective) -> float:
@@ -595,8 +626,8 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
     if not isinstance(method, (DynamicProgramming, Learned)):
         raise TypeError(f"optimize: unknown method {method!r}")
     loss = MeanSquared() if loss is None else loss
-    if not isinstance(loss, (MeanSquared, Frechet)):
-        raise TypeError(f"optimize: loss must be MeanSquared() or Frechet(), got {loss!r}")
+    if not isinstance(loss, (MeanSquared, Frechet, Energy)):
+        raise TypeError(f"optimize: loss must be MeanSquared(), Frechet() or Energy(), got {loss!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"optimize: steps must be an integer >= 1, got {steps!r}")
     if shape is None:
@@ -605,7 +636,7 @@ def optimize(process, score, solver, steps: int, *, method="dp", n: int = 64, se
         raise ValueError(f"optimize: holdout must be a fraction in [0, 1), got {holdout!r}")
     n_held = int(round(float(holdout) * n))
     n_fit = n - n_held
-    least = 2 if isinstance(loss, Frechet) else 1
+    least = 2 if isinstance(loss, (Frechet, Energy)) else 1
     if n_fit < least or (holdout > 0 and n_held < least):
         raise ValueError(f"optimize: n = {n} calibration samples with holdout = {holdout} leave {n_fit} to fit and "
                          f"{n_held} held out; each part needs at least {least}")
