@@ -106,6 +106,16 @@ def report(res, B) -> str:
     out = [f"### {res['problem']}: {res['label']}, n = {res['n']}, {B} paired bootstrap resamples",
            f"floor (exact samples of the same size): {g(floor)}", ""]
     second = [m.name for m in boot.metric.metrics if m.name != boot.metric.primary]
+
+    def best(rs):
+        return min(rs, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
+
+    def lead_cells(a, b):
+        """ours - peer with its interval, the excess reduction, resolved, the other metrics' differences."""
+        lo, hi = ci([x - y for x, y in zip(bt(a), bt(b))])
+        red = 1 - (a["metric"] - floor) / (b["metric"] - floor) if b["metric"] > floor else float("nan")
+        return (f"{g(a['metric'] - b['metric'], 3)} [{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | "
+                f"{'yes' if hi < 0 or lo > 0 else 'no'} |" + "".join(_diff_cell(boot, a, b, k) for k in second))
     nfes = sorted({r["nfe_budget"] for r in rows})
     out += ["| NFE | best sdesolve (default grid) | metric [95%] | best peer (its default) | metric [95%] | "
             "ours - peer [95%] | excess reduction | resolved |" + "".join(f" {k}: ours - peer [95%] |" for k in second),
@@ -116,16 +126,10 @@ def report(res, B) -> str:
         theirs = [r for r in rows if r["nfe_budget"] == n and r["peer"]]
         if not mine or not theirs:
             continue
-        a = min(mine, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
-        b = min(theirs, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
-        d = [x - y for x, y in zip(bt(a), bt(b))]
-        lo, hi = ci(d)
-        red = 1 - (a["metric"] - floor) / (b["metric"] - floor) if b["metric"] > floor else float("nan")
+        a, b = best(mine), best(theirs)
         out.append(f"| {n} | {a['sampler']} {a['grid']} (NFE {a['nfe']}) | {g(a['metric'])} "
-                   f"[{g(ci(a['boot'])[0])}, {g(ci(a['boot'])[1])}] | {b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} "
-                   f"[{g(ci(b['boot'])[0])}, {g(ci(b['boot'])[1])}] | {g(a['metric'] - b['metric'], 3)} "
-                   f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |"
-                   + "".join(_diff_cell(boot, a, b, k) for k in second))
+                   f"[{g(ci(bt(a))[0])}, {g(ci(bt(a))[1])}] | {b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} "
+                   f"[{g(ci(bt(b))[0])}, {g(ci(bt(b))[1])}] | " + lead_cells(a, b))
     opt_rows = [r for r in rows if r["grid"] in ("dp", "learned")]
     if opt_rows:
         out += ["", "Grids optimized for this model, solver and NFE (`sds.schedules.optimize` on calibration seeds, "
@@ -138,15 +142,10 @@ def report(res, B) -> str:
             theirs = [r for r in rows if r["nfe_budget"] == n and r["peer"]]
             if not theirs:
                 continue
-            a = min(mine, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
-            b = min(theirs, key=lambda r: r["metric"] if r["metric"] == r["metric"] else float("inf"))
-            lo, hi = ci([x - y for x, y in zip(bt(a), bt(b))])
-            red = 1 - (a["metric"] - floor) / (b["metric"] - floor) if b["metric"] > floor else float("nan")
+            a, b = best(mine), best(theirs)
             out.append(f"| {n} | {a['sampler']} {a['grid']} (NFE {a['nfe']}) | {g(a['metric'])} "
-                       f"[{g(ci(a['boot'])[0])}, {g(ci(a['boot'])[1])}] | {a.get('optimization_seconds', float('nan')):.1f} | "
-                       f"{b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} | {g(a['metric'] - b['metric'], 3)} "
-                       f"[{g(lo, 3)}, {g(hi, 3)}] | {100 * red:.0f}% | {'yes' if hi < 0 or lo > 0 else 'no'} |"
-                       + "".join(_diff_cell(boot, a, b, k) for k in second))
+                       f"[{g(ci(bt(a))[0])}, {g(ci(bt(a))[1])}] | {a.get('optimization_seconds', float('nan')):.1f} | "
+                       f"{b['sampler']} (NFE {b['nfe']}) | {g(b['metric'])} | " + lead_cells(a, b))
     out += ["", "Counterparts on the peer's default grid (ours - peer):", "",
             "| NFE | sdesolve row | peer | ours | peer | ours - peer [95%] |", "|---|---|---|---|---|---|"]
     for lab, grid, peer in COUNTERPARTS:

@@ -2,8 +2,8 @@
 # The main job, on the CPU: set up, train (or reuse) the digits model, benchmark the samplers on it,
 # print the table, write the Pareto plot, end with a short summary. Outputs go to runs/main_job/bench/
 # (untracked): results.json, results.md, summary.md, pareto.png, lead/ (the few-step lead at 5 and 10
-# NFE with LEAD_N samples per row), and timing.json / timing.md with the wall time of each part. REFRESH_RESULTS=1 writes them to benchmarks/results/main_job/ instead, the
-# committed reference results.
+# NFE with LEAD_N samples per row), and timing.json / timing.md with the wall time of each part.
+# REFRESH_RESULTS=1 writes them to benchmarks/results/main_job/ instead, the committed reference results.
 #
 # The model: the reference digits recipe (U-Net, VP process, EDM loss, 2000 steps of batch 128 on
 # scikit-learn's 8x8 digits) at 16 base channels instead of 32, which trains in about half the time
@@ -69,10 +69,11 @@ BENCH=(bench --checkpoint "$CKPT"
     --peers "kdiffusion:dpmpp_2m,kdiffusion:dpmpp_2m_sde,diffusers-dpmsolvermultistep,diffusers-unipc,torchdiffeq:dopri5,torchsde:euler"
     --n "$N" --seed 0 --batch-size 500 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT")
 "${SDESOLVE[@]}" "${BENCH[@]}"
-# The few-step lead at 5 and 10 NFE with LEAD_N samples per row: the deterministic samplers on their
-# default grids against the peers' deterministic samplers, where paired differences of a few tenths
-# of FD (10 NFE, every row near the probability-flow ODE's limit) need more samples than N gives.
-LEAD=(bench --checkpoint "$CKPT" --solvers "unipc:order=2,unipc,sasolver:tau=0,ipndm,deis,dpmsolverpp:order=3"
+# The few-step lead at 5 and 10 NFE with LEAD_N samples per row: the deterministic samplers that
+# lead at 5-10 NFE on this model (benchmarks/results/few_step/LEAD.md) on their default grids against
+# the peers' deterministic samplers, orders 2 and 3, where paired differences of a few tenths of FD
+# (10 NFE, every row near the probability-flow ODE's limit) need more samples than N gives.
+LEAD=(bench --checkpoint "$CKPT" --solvers "unipc:order=2,unipc,sasolver:tau=0"
     --nfe 5,10 --tolerances "" --reference none
     --peers "kdiffusion:dpmpp_2m,diffusers-dpmsolvermultistep,diffusers-dpmsolvermultistep:3,diffusers-unipc,diffusers-unipc:3"
     --n "$LEAD_N" --seed 0 --batch-size 1000 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT/lead")

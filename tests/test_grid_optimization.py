@@ -257,6 +257,16 @@ def test_held_out_selection_never_returns_a_grid_worse_than_the_best_hand_grid_t
                                    sds.schedules.logsnr(P, steps), rtol=1e-12, atol=1e-12)
 
 
+def _check_gradient(obj, y, g, eps=1e-6):
+    """The autograd directional derivative of obj at y along a random direction against central
+    finite differences."""
+    yv = y.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(obj(yv), [yv])
+    v = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    fd = (float(obj(y + eps * v)) - float(obj(y - eps * v))) / (2 * eps)
+    assert float((grad * v).sum()) == pytest.approx(fd, rel=1e-5)
+
+
 def test_frechet_loss_is_the_frechet_distance_and_differentiable():
     """The Fréchet objective equals sdesolve.metrics' FD between the two feature sets, and its
     gradient matches finite differences."""
@@ -266,12 +276,7 @@ def test_frechet_loss_is_the_frechet_distance_and_differentiable():
     y = target + 0.3 * torch.randn(40, 3, generator=g, dtype=torch.float64) + 0.2
     obj = go._Objective(go.Frechet(), target)
     assert float(obj(y)) == pytest.approx(fd_from_features(y, target), rel=1e-8)
-    yv = y.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(obj(yv), [yv])
-    v = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    eps = 1e-6
-    fd = (float(obj(y + eps * v)) - float(obj(y - eps * v))) / (2 * eps)
-    assert float((grad * v).sum()) == pytest.approx(fd, rel=1e-5)
+    _check_gradient(obj, y, g)
     with pytest.raises(ValueError, match="at least 2"):
         sds.schedules.optimize(P, GAUSS.score(P), sds.Euler(), 3, shape=(3,), n=3, loss=go.Frechet(), holdout=0.5)
 
@@ -285,12 +290,7 @@ def test_energy_loss_is_the_energy_distance_and_differentiable():
     y = 1.2 * target[torch.randperm(30, generator=g)] + 0.3
     obj = go._Objective(go.Energy(), target)
     assert float(obj(y)) == pytest.approx(energy_distance(y, target), rel=1e-10)
-    yv = y.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(obj(yv), [yv])
-    v = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    eps = 1e-6
-    fd = (float(obj(y + eps * v)) - float(obj(y - eps * v))) / (2 * eps)
-    assert float((grad * v).sum()) == pytest.approx(fd, rel=1e-5)
+    _check_gradient(obj, y, g)
     twins = y.clone()
     twins[1] = twins[0]
     tv = twins.requires_grad_(True)
