@@ -108,7 +108,7 @@ def optimized_grid(prob, solver, steps, method, calibration_n):
     model_id = (go.model_digest(prob.model) + ":ema") if prob.model is not None else f"gmm:{prob.name}"
     opt = sds.schedules.optimize(prob.process, prob.score, solver, steps, method=method, n=calibration_n,
                                  shape=tuple(prob.sample_shape), dtype=dtype, model_id=model_id)
-    return opt.grid, opt.record["seconds"], opt.record.get("seed")
+    return opt.grid, opt.record["seconds"], opt.record["calibration"]["seed"]
 
 
 def extra():
@@ -213,6 +213,7 @@ def main(argv=None):
     if args.defaults:
         rows = [(lab, s, g, False) for lab, s, g in defaults()] + [(p.label, p, None, True) for p in peers(args.small)]
     rows = [(lab, make(), m, False) for m in filter(None, args.optimized.split(",")) for lab, make in OPTIMIZED.items()] + rows
+    optimized_nfes = [int(v) for v in args.optimized_nfe.split(",")]
     n = args.n
     out_rows, samples = [], {}
     floor = prob.quality.floor(n)  # 8 sets of n exact samples (digits: real training images)
@@ -245,7 +246,7 @@ def main(argv=None):
         for budget in nfes:
             extra_info = {}
             if gname in ("dp", "learned"):
-                if budget not in [int(v) for v in args.optimized_nfe.split(",")]:
+                if budget not in optimized_nfes:
                     continue
                 steps = budget // s.nfe_per_step
                 grid, secs, cseed = optimized_grid(prob, s, steps, gname, args.calibration_n)

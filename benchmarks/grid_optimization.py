@@ -51,7 +51,7 @@ SOLVERS = {"euler": sds.Euler, "dpmsolverpp": lambda: sds.DPMSolverPP(2), "unipc
 class QualityMetric:
     """The problem's primary metric (its :class:`sdesolve.bench.quality.Quality`: SW_2 to exact
     samples for the mixtures, FD in the digits classifier's features for digits), evaluated on a
-    representation computed once per row; a bootstrap resample is a vector of counts."""
+    representation computed once per row; bootstrap resamples are rows of counts (B, n)."""
 
     def __init__(self, problem, n, name=None):
         self.q = problem.quality
@@ -66,10 +66,8 @@ class QualityMetric:
     def prepare(self, y):
         return self.q.prepare(y)
 
-    def __call__(self, rep, idx=None):
-        n = rep.shape[0]
-        w = torch.ones(1, n, dtype=torch.float64) if idx is None else torch.bincount(idx, minlength=n).double()[None]
-        return float(self.m.evaluate(rep, w)[0])
+    def __call__(self, rep):
+        return self.resampled(rep, torch.ones(1, rep.shape[0], dtype=torch.float64))[0]
 
     def resampled(self, rep, counts):
         """The metric under each row of bootstrap counts (B, n)."""

@@ -16,8 +16,9 @@
 # all rows: they start from the same x_T) and its timing is the median of at least three timed
 # batches of its own samples (no extra sampling).
 #
-# Environment: CKPT (default runs/main_job/digits), LEAD_N (samples per row of the lead part, default 4000), OUT (default runs/main_job/bench, or
-# benchmarks/results/main_job with REFRESH_RESULTS=1), N (samples per row, default 600), NPROC
+# Environment: CKPT (default runs/main_job/digits), OUT (default runs/main_job/bench, or
+# benchmarks/results/main_job with REFRESH_RESULTS=1), N (samples per row, default 600), LEAD_N
+# (samples per row of the lead part, default 4000), NPROC
 # (processes for training and the benchmark via torchrun, one per core: default 2; in the benchmark
 # each takes half of every row's samples, so a row's time is that of its half), BOOTSTRAP (resamples, default 400),
 # SKIP_SETUP=1 to use the current environment as it is.

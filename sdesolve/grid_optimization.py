@@ -408,8 +408,7 @@ class _Objective:
         if isinstance(self.loss, MeanSquared):
             return (r - self.t_rep).pow(2).mean(1).mean()
         if isinstance(self.loss, Energy):
-            cross = (r[:, None, :] - self.t_rep[None, :, :]).pow(2).sum(-1).clamp_min(1e-30).sqrt().mean()
-            return 2.0 * cross - _mean_pair_distance(r) - self.t_within
+            return 2.0 * _distances(r, self.t_rep).mean() - _mean_pair_distance(r) - self.t_within
         mu = r.mean(0)
         rc = r - mu
         cov = rc.T @ rc / (r.shape[0] - 1)
@@ -419,12 +418,16 @@ class _Objective:
         return (mu - self.mu_t).pow(2).sum() + cov.trace() + self.cov_t.trace() - 2.0 * tr_sqrt
 
 
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j| (n, m); the squared distances are clamped at 1e-30 before the square root, so
+    that coinciding points give a zero gradient rather than 0 / 0."""
+    return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1).clamp_min(1e-30).sqrt()
+
+
 def _mean_pair_distance(r: torch.Tensor) -> torch.Tensor:
-    """mean_{b != c} |r_b - r_c|; squared distances are clamped at 1e-30 before the square root,
-    so that coinciding samples give a zero gradient rather than 0 / 0."""
-    n = r.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool, device=r.device)
-    return (r[:, None, :] - r[None, :, :]).pow(2).sum(-1)[off].clamp_min(1e-30).sqrt().mean()
+    """mean_{b != c} |r_b - r_c|."""
+    off = ~torch.eye(r.shape[0], dtype=torch.bool, device=r.device)
+    return _distances(r, r)[off].mean()
 
 
 def _end_loss(process, score, solver, x_T, grid, objective) -> float:
