@@ -57,9 +57,11 @@ def init(device) -> tuple[int, int]:
 
 
 def finish() -> None:
-    """Leave the process group if :func:`init` joined it."""
+    """Leave the process group if :func:`init` joined it, once every rank has reached here: a
+    rank that tears down its gloo connections while another still uses them can abort."""
     global _joined_here
     if _joined_here and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
     _joined_here = False
 
