@@ -8,7 +8,9 @@ paired bootstrap intervals over the sample indices.
 
 ``--defaults``: sdesolve's solvers on their own default grids only (the ODE and the stochastic
 ones), the counterparts and the peers, the rows of the lead (``benchmarks/results/few_step/LEAD.md``);
-without it, every candidate grid of every solver (the choice of the defaults, ``REPORT.md``).
+without it, every candidate grid of every solver and order: the choice of the defaults
+(``DEFAULTS.md``, ``few_step_report.py --defaults-table``; run with ``--seed 7919``, not the lead's
+evaluation seed).
 ``--optimized``: rows of UniPC(3), DPM-Solver++(2M) and iPNDM(4) on grids that
 ``sds.schedules.optimize`` fits to this model, solver and NFE on calibration seeds (not the
 evaluation seed), with the optimization's seconds.
@@ -49,14 +51,18 @@ GRIDS = {
     "logsnr": S.logsnr, "logsnr->0": append_zero(S.logsnr), "time_uniform2->0": append_zero(S.time_uniform(2.0)),
     "polyexp2->0": append_zero(S.polyexponential(2.0)), "uniform": S.uniform, "quadratic": S.quadratic,
     "time_uniform2": S.time_uniform(2.0), "linspace_timesteps": S.linspace_timesteps(), "uniform->0": append_zero(S.uniform),
+    "time_uniform1.5": S.time_uniform(1.5), "time_uniform1.75": S.time_uniform(1.75),
 }
 # the candidates for a solver's default grid: grids that every process has (no sigma = 0 needed)
-CANDIDATES = ("quadratic", "time_uniform2", "logsnr", "karras7->0")
+CANDIDATES = ("quadratic", "time_uniform1.5", "time_uniform1.75", "time_uniform2", "logsnr", "karras7->0")
+# the grids a default may be: quadratic is spaced in t and starts at T, where rho = sigma / alpha is
+# infinite on a path to pure noise (alpha(T) = 0), so the solvers in lambda or rho cannot start there
+DEFAULT_CANDIDATES = tuple(g for g in CANDIDATES if g != "quadratic")
 
 
-def ours(small=False):
-    """(label, solver, grid name): sdesolve's candidates, and the counterparts on their peers'
-    grids. ``small``: the candidates kept for the digits model (chosen on the mixtures)."""
+def ours():
+    """(label, solver, grid name): sdesolve's candidates (each solver and order on every candidate
+    grid), and the counterparts on their peers' grids."""
     rows = []
     for g in CANDIDATES + ("linspace_timesteps",):
         rows.append(("IPNDM(4)", sds.IPNDM(4), g))
@@ -64,9 +70,9 @@ def ours(small=False):
         rows.append(("UniPC(3)", sds.UniPC(3), g))
         rows.append(("UniPC(2)", sds.UniPC(2), g))
         rows.append(("DPMSolverPP(3)", sds.DPMSolverPP(3), g))
-        if not small:
-            rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), g))
-            rows.append(("SASolver(tau=0)", sds.SASolver(tau=0.0), g))
+        rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), g))
+        rows.append(("SASolver(tau=0)", sds.SASolver(tau=0.0), g))
+        rows.append(("SASolver(2, 2, tau=0)", sds.SASolver(2, 2, tau=0.0), g))
     # the counterparts on their peers' default grids
     rows.append(("DPMSolverPP(2)", sds.DPMSolverPP(2), "karras7->0"))   # k-diffusion dpmpp_2m
     rows.append(("LMS(4)", sds.LMS(4), "karras7->0"))                   # k-diffusion lms
@@ -86,10 +92,11 @@ def defaults():
     from few_step_report import grid_name
     solvers = [("IPNDM(4)", sds.IPNDM(4)), ("DEIS(3)", sds.DEIS(3)), ("UniPC(3)", sds.UniPC(3)),
                ("UniPC(2)", sds.UniPC(2)), ("DPMSolverPP(3)", sds.DPMSolverPP(3)), ("DPMSolverPP(2)", sds.DPMSolverPP(2)),
-               ("SASolver(tau=0)", sds.SASolver(tau=0.0)), ("SASolver", sds.SASolver()),
+               ("SASolver(tau=0)", sds.SASolver(tau=0.0)), ("SASolver(2, 2, tau=0)", sds.SASolver(2, 2, tau=0.0)),
+               ("SASolver", sds.SASolver()),
                ("DPMSolverPP(2, sde)", sds.DPMSolverPP(2, sde=True)), ("DPMSolverPP3MSDE", sds.DPMSolverPP3MSDE())]
     rows = [(lab, s, grid_name(type(s).default_schedule)) for lab, s in solvers]
-    return rows + [r for r in ours(small=True) if (r[0], r[2]) in COUNTERPART_ROWS]
+    return rows + [r for r in ours() if (r[0], r[2]) in COUNTERPART_ROWS]
 
 
 COUNTERPART_ROWS = {("DPMSolverPP(2)", "karras7->0"), ("LMS(4)", "karras7->0"), ("EDMHeun", "karras7->0"),
@@ -117,6 +124,7 @@ def extra():
     for g in CANDIDATES:
         rows.append(("LMS(4)", sds.LMS(4), g))
         rows.append(("SASolver", sds.SASolver(), g))
+        rows.append(("SASolver(2, 2)", sds.SASolver(2, 2), g))
         rows.append(("DPMSolverPP3MSDE", sds.DPMSolverPP3MSDE(), g))
         rows.append(("DPMSolverPP3MSDE(eta=0)", sds.DPMSolverPP3MSDE(0.0), g))
         rows.append(("DPMSolverPPSDE", sds.DPMSolverPPSDE(), g))
@@ -135,6 +143,7 @@ def peers(small=False):
             P.Diffusers(DPMSolverMultistepScheduler, "DPMSolverPP(order=3)", "diffusers DPMSolverMultistep(3)",
                         solver_order=3),
             P.Diffusers(UniPCMultistepScheduler, "UniPC(order=2)", "diffusers UniPCMultistep (default)"),
+            P.Diffusers(UniPCMultistepScheduler, "UniPC(order=3)", "diffusers UniPCMultistep(3)", solver_order=3),
             P.Diffusers(DEISMultistepScheduler, "DEIS(order=1, in_log_rho=True)", "diffusers DEISMultistep (default)")]
     return out
 
@@ -184,7 +193,7 @@ def main(argv=None):
                     "default: next to --out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--small", action="store_true", help="the smaller set of rows (for the digits model)")
+    ap.add_argument("--small", action="store_true", help="without k-diffusion's stochastic samplers (the worst peer rows)")
     ap.add_argument("--extra", action="store_true", help="only the grid choice of the other new samplers")
     ap.add_argument("--defaults", action="store_true", help="sdesolve's solvers on their default grids only "
                     "(with the stochastic ones), the counterparts and the peers")
@@ -205,7 +214,7 @@ def main(argv=None):
     metric = Metrics(prob.quality, args.primary)
     nfes = [int(v) for v in args.nfe.split(",")]
     shape = tuple(prob.sample_shape)
-    rows = [(lab, s, g, False) for lab, s, g in ours(args.small)] + [(p.label, p, None, True) for p in peers(args.small)]
+    rows = [(lab, s, g, False) for lab, s, g in ours()] + [(p.label, p, None, True) for p in peers(args.small)]
     k = len(peers(args.small))
     rows = rows[:-4 - k] + rows[-k:] + rows[-4 - k:-k]  # the counterparts last
     if args.extra:

@@ -2,7 +2,8 @@
 default grid against the best peer on its own default, paired 95% bootstrap intervals), the
 counterparts (an sdesolve solver on its peer's grid against the peer), and the grid choice.
 
-    python benchmarks/few_step_report.py [--boot 200] benchmarks/results/few_step/*.json > benchmarks/results/few_step/REPORT.md
+    python benchmarks/few_step_report.py [--boot 200] benchmarks/results/few_step/*_lead.json > benchmarks/results/few_step/LEAD.md
+    python benchmarks/few_step_report.py --defaults-table benchmarks/results/few_step/{ring8,gmm8d,digits}{,_extra}.json
 
 The bootstrap needs the samples that few_step.py kept (its --samples .npz, named in the JSON):
 B resamples of the sample indices (seeded), the same for every row of a problem.
@@ -29,6 +30,7 @@ DEFAULT_GRID = {
     "DPMSolverPP(3)": sds.DPMSolverPP.default_schedule, "DPMSolverPP(2)": sds.DPMSolverPP.default_schedule,
     "LMS(4)": sds.LMS.default_schedule, "EDMHeun": sds.EDMHeun.default_schedule,
     "SASolver(tau=0)": sds.SASolver.default_schedule, "SASolver": sds.SASolver.default_schedule,
+    "SASolver(2, 2, tau=0)": sds.SASolver.default_schedule, "SASolver(2, 2)": sds.SASolver.default_schedule,
     "DPMSolverPP(2, sde)": sds.DPMSolverPP.default_schedule,
     "DPMSolverPP3MSDE": sds.DPMSolverPP3MSDE.default_schedule, "DPMSolverPPSDE": sds.DPMSolverPPSDE.default_schedule,
 }
@@ -42,7 +44,8 @@ def grid_name(schedule) -> str:
     n = getattr(schedule, "__name__", str(schedule))
     table = {"append_zero(karras(rho=7.0))": "karras7->0", "logsnr": "logsnr", "append_zero(uniform)": "uniform->0",
              "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0", "quadratic": "quadratic",
-             "time_uniform(rho=2.0)": "time_uniform2"}
+             "time_uniform(rho=2.0)": "time_uniform2", "time_uniform(rho=1.5)": "time_uniform1.5",
+             "time_uniform(rho=1.75)": "time_uniform1.75", "quadratic": "quadratic"}
     if n.startswith("linspace_timesteps(") and n.endswith("final_zero=True)"):
         return "linspace_timesteps"
     return table.get(n, n)
@@ -173,12 +176,65 @@ def report(res, B) -> str:
     return "\n".join(out) + "\n"
 
 
+def defaults_table(results) -> str:
+    """The choice of each solver's default grid: for every (solver, candidate grid) row, its excess
+    over the floor relative to the best peer's excess at the same budget, (m - floor) / (peer -
+    floor), averaged over the NFE budgets and the problems that every candidate of the solver ran
+    on (lower is better; 1 = the best peer's excess). The lowest of ``few_step.DEFAULT_CANDIDATES``
+    (the grids valid on every process) is in bold."""
+    table, nfes, best_peer = {}, set(), {}  # best_peer: the peers' rows may be in another file of the problem
+    for res in results:
+        for r in res["rows"]:
+            if r["peer"] and r["metric"] == r["metric"]:
+                key = res["problem"], r["nfe_budget"]
+                best_peer[key] = min(best_peer.get(key, float("inf")), r["metric"])
+    problems = list(dict.fromkeys(res["problem"] for res in results))
+    for res in results:
+        floor = res["floor"][res["metric"]]
+        for r in res["rows"]:
+            if r["peer"] or r["grid"] not in few_step.CANDIDATES or (res["problem"], r["nfe_budget"]) not in best_peer:
+                continue
+            ratio = (r["metric"] - floor) / (best_peer[res["problem"], r["nfe_budget"]] - floor)
+            ratio = ratio if ratio == ratio else float("inf")  # a row that diverged
+            cell = table.setdefault((r["sampler"], r["grid"]), {})
+            cell[res["problem"], r["nfe_budget"]] = (ratio, r["metric"])
+            nfes.add(r["nfe_budget"])
+    nfes = sorted(nfes)
+    out = ["| solver | default grid | candidate | mean excess ratio | " + " | ".join(problems) + " |",
+           "|---|---|---|---|" + "---|" * len(problems)]
+    for solver in dict.fromkeys(k[0] for k in table):
+        cands = [(g, table[solver, g]) for g in few_step.CANDIDATES if (solver, g) in table]
+        if len(cands) < 2:  # a counterpart on its peer's grid only: nothing to choose
+            continue
+        # the mean over the cells that every candidate of this solver has (the problems it ran on)
+        common = set.intersection(*(set(c) for _, c in cands))
+        cands = [(g, c, sum(c[k][0] for k in common) / len(common) if common else float("inf")) for g, c in cands]
+        cands.sort(key=lambda x: x[2])
+        chosen = next(gname for gname, _, _ in cands if gname in few_step.DEFAULT_CANDIDATES)
+        current = grid_name(DEFAULT_GRID[solver]) if solver in DEFAULT_GRID else "-"
+        for i, (gname, c, mean) in enumerate(cands):
+            cells = ["/".join(g(c[p, n][1], 3) if (p, n) in c else "-" for n in nfes) for p in problems]
+            shown = (f"**{gname}**" if gname == chosen else
+                     gname if gname in few_step.DEFAULT_CANDIDATES else f"{gname} (not valid on every path)")
+            out.append(f"| {solver if i == 0 else ''} | {current if i == 0 else ''} | {shown} | {g(mean, 3)} | "
+                       + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--defaults-table", action="store_true", help="only the table that chooses the default grids")
     ap.add_argument("paths", nargs="+")
     args = ap.parse_args(argv)
     paths = args.paths
+    if args.defaults_table:
+        results = []
+        for p in paths:
+            with open(p) as f:
+                results.append(json.load(f))
+        print(defaults_table(results))
+        return
     print("# Few-step sampling: sdesolve against k-diffusion and diffusers at 5-10 model evaluations\n")
     print("Made by `python benchmarks/few_step_report.py " + " ".join(paths) + "` from the results of "
           "`benchmarks/few_step.py` (the command of each is in its JSON). A difference counts as resolved when its "

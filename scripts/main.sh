@@ -74,11 +74,11 @@ BENCH=(bench --checkpoint "$CKPT"
 # lead at 5-10 NFE on this model (benchmarks/results/few_step/LEAD.md) on their default grids against
 # the peers' deterministic samplers, orders 2 and 3, where paired differences of a few tenths of FD
 # (10 NFE, every row near the probability-flow ODE's limit) need more samples than N gives; with
-# UniPC-3 on its grid optimized for this model, as in the first run.
-LEAD=(bench --checkpoint "$CKPT" --solvers "unipc:order=2,unipc,sasolver:tau=0"
+# UniPC-3 on its grid optimized for this model.
+LEAD=(bench --checkpoint "$CKPT" --solvers "unipc,unipc:order=3,dpmsolverpp:order=3,sasolver:tau=0,sasolver:tau=0,predictor_order=2,corrector_order=2"
     --nfe 5,10 --tolerances "" --reference none
     --peers "kdiffusion:dpmpp_2m,diffusers-dpmsolvermultistep,diffusers-dpmsolvermultistep:3,diffusers-unipc,diffusers-unipc:3"
-    --optimized-grids dp --optimized-solvers unipc --optimization-n 32 --teacher-steps 64 --candidates 32 --sweeps 2
+    --optimized-grids dp --optimized-solvers unipc:order=3 --optimization-n 32 --teacher-steps 64 --candidates 32 --sweeps 2
     --n "$LEAD_N" --seed 0 --batch-size 1000 --repeats 3 --bootstrap "$BOOTSTRAP" --threads 1 --quiet --out "$OUT/lead")
 "${SDESOLVE[@]}" "${LEAD[@]}"
 t3=$(now)

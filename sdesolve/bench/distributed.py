@@ -57,8 +57,8 @@ def init(device) -> tuple[int, int]:
 
 
 def finish() -> None:
-    """Leave the process group if :func:`init` joined it, once every rank has reached here: a
-    rank that tears down its gloo connections while another still uses them can abort."""
+    """Leave the process group if :func:`init` joined it, once every rank has reached here (no
+    rank tears down its connections while another is still in a collective)."""
     global _joined_here
     if _joined_here and dist.is_initialized():
         dist.barrier()

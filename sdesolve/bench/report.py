@@ -435,12 +435,12 @@ def markdown(results: dict) -> str:
     if a["peers"]:
         out += ["## Peers beside their sdesolve counterparts", "",
                 f"| peer | NFE | {primary} | seconds | sdesolve counterpart | NFE | {primary} | seconds | "
-                f"{primary} ratio | paired difference | time ratio | on front (time, NFE) |", "|" + "---|" * 12]
+                f"{primary} ratio | paired difference (peer - ours) | time ratio | on front (time, NFE) |", "|" + "---|" * 12]
         for p in a["peers"]:
             front = ("T" if p["front_time"] else "") + ("N" if p["front_nfe"] else "")
             if "ours" in p:
                 d = p.get("difference")
-                dcell = f"{_ci(d['diff'], [d['lo'], d['hi']], 3)} {p['status']}" if d else "–"
+                dcell = f"{_ci(d['diff'], [d['lo'], d['hi']], 3)} {_peer_status(p['status'])}" if d else "–"
                 out.append(f"| {p['sampler']} | {_g(p['nfe'])} | {_ci(p['metric'], p.get('interval'))} | "
                            f"{p['seconds']:.3g} | {p['ours']} | {_g(p['ours_nfe'])} | {_g(p['ours_metric'])} | "
                            f"{p['ours_seconds']:.3g} | {_g(p['metric_ratio'], 3)} | {dcell} | {_g(p['time_ratio'], 3)} | "
@@ -496,12 +496,17 @@ def summary(results: dict) -> str:
     for p in a.get("peers", []):
         if "ours" in p:
             lines.append(f"- peer {p['sampler']}: {_ci(p['metric'], p.get('interval'))} vs {p['ours']} "
-                         f"{_g(p['ours_metric'])}: {p['status']}; time ratio {_g(p['time_ratio'], 3)}")
+                         f"{_g(p['ours_metric'])}: {_peer_status(p['status'])}; time ratio {_g(p['time_ratio'], 3)}")
         else:
             lines.append(f"- peer {p['sampler']}: {_ci(p['metric'], p.get('interval'))} (no sdesolve counterpart run)")
     for s in results.get("skipped", []):
         lines.append(f"- peer {s['sampler']}: skipped ({s['reason']})")
     return "\n".join(lines) + "\n"
+
+
+def _peer_status(status) -> str:
+    """A peer's status (the peer against its counterpart: peer - ours) in words that name the peer."""
+    return f"the peer is {status}" if status in ("better", "worse") else str(status)
 
 
 def _bars(rows, idx, primary, ms):

@@ -205,13 +205,13 @@ class DPMSolverPP(DiffusionSolver):
     diffusers: for grids of fewer than 15 steps the last step is first order (and the one before
     second order, for order 3).
 
-    Default grid ``time_uniform(2.0)`` (t uniform in sqrt(t)), chosen by measurement at 5-10 model
-    evaluations (``benchmarks/results/few_step``, the defaults table in the README); order 3
+    Default grid ``time_uniform(1.5)``, chosen by measurement at 5-10 model evaluations (the
+    README's defaults table, made by ``benchmarks/few_step_report.py --defaults-table``); order 3
     measured better still, order 2 (the 2M method that the name denotes in the literature and in
     k-diffusion and diffusers) stays the default.
     """
 
-    default_schedule = staticmethod(time_uniform(2.0))
+    default_schedule = staticmethod(time_uniform(1.5))
 
     def __init__(self, order: int = 2, multistep: bool = True, sde: bool = False, lower_order_final: bool = True):
         if order not in (1, 2, 3):

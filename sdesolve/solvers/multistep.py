@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedules import time_uniform
+from ..schedules import logsnr, time_uniform
 from .base import CONTROLLED, Step, per_sample
 from .diffusion import DiffusionSolver, multistep_order
 from .exponential import point
@@ -161,13 +161,14 @@ class IPNDM(_Adams):
     lower-order warm start; ``variable=True`` uses the variable-step weights (iPNDM_v, order k on
     any grid); ``afs=True`` takes the first step without the model (see the module docstring).
 
-    Default grid ``time_uniform(2.0)`` (t uniform in sqrt(t)), chosen by measurement at 5-10 model
-    evaluations (``benchmarks/results/few_step``, the defaults table in the README): over the
-    digits model and the two mixtures it was the best grid valid for every process, ahead of
-    log-SNR-uniform steps and well ahead of EDM's rho = 7 grid to sigma = 0 on which Zhou et al.
-    (2024) publish iPNDM."""
+    Default grid ``logsnr``, chosen by measurement at 5-10 model evaluations (the README's
+    defaults table, made by ``benchmarks/few_step_report.py --defaults-table``): over the digits
+    model and the two mixtures it was the best grid valid for every process, level with
+    ``time_uniform(2.0)`` (which is far better at 5 NFE on the digits model) and well ahead of
+    EDM's rho = 7 grid to sigma = 0 on which Zhou et al. (2024) publish iPNDM; ``quadratic``
+    measured better still but starts at T, where rho is infinite on a path to pure noise."""
 
-    default_schedule = staticmethod(time_uniform(2.0))
+    default_schedule = staticmethod(logsnr)
 
     def __init__(self, order: int = 4, variable: bool = False, afs: bool = False, lower_order_final: bool = False):
         if order not in (1, 2, 3, 4):
@@ -186,10 +187,12 @@ class IPNDM(_Adams):
 class LMS(IPNDM):
     """k-diffusion's linear multistep sampler (``sample_lms``; diffusers' LMSDiscreteScheduler):
     the variable-step Adams-Bashforth method in rho, orders 1-4 (``IPNDM(order, variable=True)``).
-    Default grid ``time_uniform(2.0)`` (IPNDM's), measured best of the grids valid for every
-    process at 5-10 evaluations on both mixtures, ahead of log-SNR steps and k-diffusion's Karras
-    grid to sigma = 0 (the README's defaults table); pass ``schedule=append_zero(karras(7.0))``
-    for k-diffusion's."""
+    Default grid ``time_uniform(1.5)``, measured best of the grids valid for every process at
+    5-10 evaluations on the digits model and both mixtures, ahead of log-SNR steps and
+    k-diffusion's Karras grid to sigma = 0 (the README's defaults table); pass
+    ``schedule=append_zero(karras(7.0))`` for k-diffusion's."""
+
+    default_schedule = staticmethod(time_uniform(1.5))
 
     def __init__(self, order: int = 4, afs: bool = False, lower_order_final: bool = False):
         super().__init__(order, variable=True, afs=afs, lower_order_final=lower_order_final)
@@ -199,10 +202,10 @@ class DEIS(_Adams):
     """DEIS tAB-r (Zhang & Chen 2023): the exponential integrator with eps extrapolated by a
     polynomial of degree r = ``order`` (0-3) in the time t; order r + 1. ``in_log_rho=True``:
     the polynomial in log rho (diffusers' "logrho" DEIS, ``solver_order`` = order + 1).
-    Default grid ``time_uniform(2.0)`` (t uniform in sqrt(t)), chosen by measurement at 5-10 model
-    evaluations (``benchmarks/results/few_step``; the defaults table in the README)."""
+    Default grid ``time_uniform(1.5)``, chosen by measurement at 5-10 model evaluations (the
+    README's defaults table, made by ``benchmarks/few_step_report.py --defaults-table``)."""
 
-    default_schedule = staticmethod(time_uniform(2.0))
+    default_schedule = staticmethod(time_uniform(1.5))
     n_quad = 32
 
     def __init__(self, order: int = 3, in_log_rho: bool = False, afs: bool = False, lower_order_final: bool = False):
