@@ -45,7 +45,7 @@ def grid_name(schedule) -> str:
     table = {"append_zero(karras(rho=7.0))": "karras7->0", "logsnr": "logsnr", "append_zero(uniform)": "uniform->0",
              "karras(rho=7.0)": "karras7", "append_zero(logsnr)": "logsnr->0", "quadratic": "quadratic",
              "time_uniform(rho=2.0)": "time_uniform2", "time_uniform(rho=1.5)": "time_uniform1.5",
-             "time_uniform(rho=1.75)": "time_uniform1.75", "quadratic": "quadratic"}
+             "time_uniform(rho=1.75)": "time_uniform1.75"}
     if n.startswith("linspace_timesteps(") and n.endswith("final_zero=True)"):
         return "linspace_timesteps"
     return table.get(n, n)

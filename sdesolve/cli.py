@@ -368,7 +368,6 @@ def cmd_train(args) -> int:
         print(f"trained to step {trainer.step} in {wall:.1f} s; last step's loss {trainer.last_loss:.4f}{logged}; "
               f"checkpoint {out / LAST}", flush=True)
     if trainer.world > 1:
-        torch.distributed.barrier()  # as bench.distributed.finish: no rank leaves while another is still in
         torch.distributed.destroy_process_group()
     return 0
 

@@ -57,11 +57,9 @@ def init(device) -> tuple[int, int]:
 
 
 def finish() -> None:
-    """Leave the process group if :func:`init` joined it, once every rank has reached here (no
-    rank tears down its connections while another is still in a collective)."""
+    """Leave the process group if :func:`init` joined it."""
     global _joined_here
     if _joined_here and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
     _joined_here = False
 
